@@ -1,0 +1,278 @@
+"""Bring a URI (s3://, http(s)://, file:// or a local path) to a local file, verified.
+
+One attempt per call; the Prefect task in `tasks/fetch.py` retries it. The rules every caller relies on:
+- a file under its final name is complete and verified (download to `<name>.part`, check size and checksums,
+  then rename atomically), so an existing destination is a cache hit and touches no network;
+- a partial `.part` left by a dropped connection is resumed with an HTTP Range request on the next attempt;
+- a body that fails its checksum is deleted, so the retry starts clean and nothing bad is ever kept;
+- errors are split into `TransientFetchError` (5xx, 429, resets, truncation, checksum: retry) and
+  `PermanentFetchError` (4xx, AccessDenied, missing object, disk full: do not retry);
+- concurrent fetches of one destination (two flow runs needing the same reference) serialise on a file lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+from filelock import FileLock
+
+from genoflows.settings import get_settings
+
+Progress = Callable[[int, int | None], None]
+CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A fetch failed; the message names the URI and what to do."""
+
+
+class TransientFetchError(FetchError):
+    """Worth retrying: server errors, throttling, dropped connections, corrupt bodies."""
+
+
+class PermanentFetchError(FetchError):
+    """Retrying will not help: not found, access denied, disk full, bad URI."""
+
+
+class ChecksumMismatch(TransientFetchError):
+    """The body did not match its published checksum or size; the partial file was removed."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    uri: str
+    path: Path
+    size: int
+    downloaded: bool  # False when the destination was already complete (cache hit)
+
+
+def fetch(
+    uri: str,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: Progress | None = None,
+    s3_client=None,
+) -> FetchResult:
+    """Fetch `uri` to `dest` unless `dest` already exists; verify; rename into place."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.exists():
+            return FetchResult(uri, dest, dest.stat().st_size, downloaded=False)
+        part = dest.with_name(dest.name + ".part")
+        scheme = urlparse(uri).scheme
+        try:
+            if scheme in ("http", "https"):
+                _fetch_http(uri, part, size=size, progress=progress)
+            elif scheme == "s3":
+                size = _fetch_s3(uri, part, size=size, progress=progress, client=s3_client)
+            elif scheme in ("", "file"):
+                _fetch_local(uri, part, progress=progress)
+            else:
+                raise PermanentFetchError(f"unsupported URI scheme {scheme!r} in {uri}: use s3://, https:// or a path")
+            _verify(uri, part, md5=md5, sha256=sha256, size=size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                part.unlink(missing_ok=True)
+                raise PermanentFetchError(
+                    f"disk full while writing {dest} from {uri}: free space in {dest.parent} and run again"
+                ) from exc
+            raise
+        part.replace(dest)
+        return FetchResult(uri, dest, dest.stat().st_size, downloaded=True)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(uri: str, part: Path, *, md5: str | None, sha256: str | None, size: int | None) -> None:
+    actual_size = part.stat().st_size
+    problems = []
+    if size is not None and actual_size != size:
+        problems.append(f"size {actual_size} != expected {size}")
+    if not problems and md5 and (got := file_digest(part, "md5")) != md5.lower():
+        problems.append(f"md5 {got} != expected {md5}")
+    if not problems and sha256 and (got := file_digest(part, "sha256")) != sha256.lower():
+        problems.append(f"sha256 {got} != expected {sha256}")
+    if problems:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{uri}: {'; '.join(problems)}; the partial file was removed")
+
+
+def _check_free_space(path: Path, needed: int, uri: str) -> None:
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise PermanentFetchError(
+            f"not enough disk for {uri}: needs {needed} more bytes, {free} free in {path.parent}; free space and rerun"
+        )
+
+
+# --- http(s) -----------------------------------------------------------------------------------------------
+
+
+def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | None) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    timeout = httpx.Timeout(get_settings().http_timeout_seconds, connect=10.0)
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as resp:
+            status = resp.status_code
+            if status == 416 and have:  # asked beyond the end: the part was already whole, or stale
+                if size is not None and have == size:
+                    return
+                part.unlink()
+                raise TransientFetchError(f"{url}: range not satisfiable for a stale partial file; restarting")
+            if status in (429,) or status >= 500:
+                raise TransientFetchError(f"{url}: server answered HTTP {status}; will retry")
+            if status >= 400:
+                raise PermanentFetchError(f"{url}: HTTP {status} {resp.reason_phrase}; check the URL or access")
+            if status == 200 and have:
+                have = 0  # server ignored the Range header: start over
+            total = _total_length(resp, have)
+            if total is not None and size is not None and total != size:
+                raise ChecksumMismatch(f"{url}: server reports {total} bytes, expected {size}")
+            if total is not None:
+                _check_free_space(part, total - have, url)
+            mode = "ab" if status == 206 else "wb"
+            done = have
+            with open(part, mode) as fh:
+                for chunk in resp.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            if total is not None and done < total:
+                raise TransientFetchError(f"{url}: body truncated at {done} of {total} bytes; will resume")
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        raise TransientFetchError(f"{url}: {type(exc).__name__}: {exc}; will resume") from exc
+
+
+def _total_length(resp: httpx.Response, have: int) -> int | None:
+    if resp.status_code == 206:
+        crange = resp.headers.get("content-range", "")
+        if "/" in crange and crange.rsplit("/", 1)[1].isdigit():
+            return int(crange.rsplit("/", 1)[1])
+        length = resp.headers.get("content-length")
+        return have + int(length) if length else None
+    length = resp.headers.get("content-length")
+    return int(length) if length and resp.headers.get("content-encoding") in (None, "identity") else None
+
+
+# --- s3 ----------------------------------------------------------------------------------------------------
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """('bucket', 'key/prefix') from s3://bucket/key/prefix."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise PermanentFetchError(f"not an s3:// URI: {uri!r}; expected s3://bucket/key")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client from settings (endpoint, keys) or the default AWS credential chain."""
+    import boto3
+    from botocore.config import Config
+
+    s = get_settings()
+    kwargs: dict = {"region_name": s.aws_region, "endpoint_url": endpoint_url or s.s3_endpoint_url}
+    if s.aws_access_key_id and s.aws_secret_access_key:
+        kwargs["aws_access_key_id"] = s.aws_access_key_id
+        kwargs["aws_secret_access_key"] = s.aws_secret_access_key.get_secret_value()
+    return boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}), **kwargs)
+
+
+def classify_s3_error(uri: str, exc: Exception) -> FetchError:
+    """Map a botocore error to a transient or permanent fetch error with a helpful message."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+            return PermanentFetchError(
+                f"{uri}: access denied ({code}); check the AWS credentials block or bucket policy"
+            )
+        if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound") or status == 404:
+            return PermanentFetchError(f"{uri}: no such object ({code}); check the bucket and key")
+        if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
+            return TransientFetchError(f"{uri}: S3 error {code}; will retry")
+        return PermanentFetchError(f"{uri}: S3 error {code}")
+    return TransientFetchError(f"{uri}: {type(exc).__name__}: {exc}; will retry")
+
+
+def _fetch_s3(uri: str, part: Path, *, size: int | None, progress: Progress | None, client) -> int:
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    client = client or s3_client()
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+        total = int(head["ContentLength"])
+        if size is not None and total != size:
+            raise ChecksumMismatch(f"{uri}: object has {total} bytes, expected {size}")
+        _check_free_space(part, total, uri)
+        done = 0
+
+        def _cb(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        config = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=8)
+        client.download_file(bucket, key, str(part), Config=config, Callback=_cb)
+        etag = head.get("ETag", "").strip('"')
+        _verify_etag(uri, part, etag, client, bucket, key)
+        return total
+    except (ClientError, BotoCoreError) as exc:
+        part.unlink(missing_ok=True)
+        raise classify_s3_error(uri, exc) from exc
+
+
+def _verify_etag(uri: str, part: Path, etag: str, client, bucket: str, key: str) -> None:
+    """Single-part ETags are the MD5; multipart ETags are MD5 of part MD5s (part size read from part 1)."""
+    if not etag or len(etag.split("-")[0]) != 32:
+        return  # SSE-KMS and some S3 clones use opaque ETags: the size check stands alone
+    if "-" in etag:
+        part_size = int(client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
+        digests = []
+        with open(part, "rb") as fh:
+            while chunk := fh.read(part_size):
+                digests.append(hashlib.md5(chunk).digest())
+        got = hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
+    else:
+        got = file_digest(part, "md5")
+    if got != etag:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{uri}: ETag {etag} != computed {got}; the partial file was removed")
+
+
+# --- local -------------------------------------------------------------------------------------------------
+
+
+def _fetch_local(uri: str, part: Path, *, progress: Progress | None) -> None:
+    src = Path(urlparse(uri).path if uri.startswith("file://") else uri)
+    if not src.is_file():
+        raise PermanentFetchError(f"{src}: no such file; check the path")
+    _check_free_space(part, src.stat().st_size, uri)
+    shutil.copyfile(src, part)
+    if progress:
+        progress(part.stat().st_size, part.stat().st_size)
