@@ -152,7 +152,7 @@ def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | 
             mode = "ab" if status == 206 else "wb"
             done = have
             with open(part, mode) as fh:
-                for chunk in resp.iter_bytes(CHUNK):
+                for chunk in resp.iter_bytes():  # as received, so a drop keeps what arrived
                     fh.write(chunk)
                     done += len(chunk)
                     if progress:
@@ -185,17 +185,26 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def s3_client(endpoint_url: str | None = None):
-    """A boto3 S3 client from settings (endpoint, keys) or the default AWS credential chain."""
+def s3_client(endpoint_url: str | None = None, credentials_block: str | None = None):
+    """A boto3 S3 client: from a saved prefect-aws `AwsCredentials` block when named, else from settings
+    (keys, endpoint), else the default AWS credential chain (instance role, ~/.aws)."""
     import boto3
     from botocore.config import Config
 
     s = get_settings()
-    kwargs: dict = {"region_name": s.aws_region, "endpoint_url": endpoint_url or s.s3_endpoint_url}
+    config = Config(retries={"max_attempts": 2, "mode": "standard"})
+    endpoint = endpoint_url or s.s3_endpoint_url
+    if credentials_block:
+        from prefect_aws import AwsCredentials
+
+        creds = AwsCredentials.load(credentials_block)
+        endpoint = endpoint or creds.aws_client_parameters.endpoint_url
+        return creds.get_boto3_session().client("s3", endpoint_url=endpoint, config=config)
+    kwargs: dict = {"region_name": s.aws_region, "endpoint_url": endpoint}
     if s.aws_access_key_id and s.aws_secret_access_key:
         kwargs["aws_access_key_id"] = s.aws_access_key_id
         kwargs["aws_secret_access_key"] = s.aws_secret_access_key.get_secret_value()
-    return boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}), **kwargs)
+    return boto3.client("s3", config=config, **kwargs)
 
 
 def classify_s3_error(uri: str, exc: Exception) -> FetchError:

@@ -1,0 +1,40 @@
+# genoflows: `make demo` sets everything up and runs the demo; `make test` sets up and runs the tests.
+# Both are idempotent: when everything is installed, set-up takes a second.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: setup tools venv demo test lint bench server clean
+
+setup: tools venv
+
+tools:
+	@bash scripts/install-tools.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m genoflows.demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/rnaseq_stream.py
+
+server: venv
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf demo-output .pytest_cache

@@ -1,0 +1,11 @@
+"""Prefect blocks genoflows uses: register them all with `prefect block register -m blocks`.
+
+Credentials and storage come from prefect-aws (`AwsCredentials`, `S3Bucket`): save one per lab account and
+pass its name to a flow (`aws_credentials_block="lab-aws"`). The project's own blocks live beside this file.
+"""
+
+from prefect_aws import AwsCredentials, S3Bucket
+
+from blocks.tool_images import ToolImages
+
+__all__ = ["AwsCredentials", "S3Bucket", "ToolImages"]

@@ -1,0 +1,64 @@
+"""Small bridges between plain domain code and a Prefect run: a logger and a progress reporter.
+
+Domain functions take plain callables (`log`, `progress`); these give them the Prefect versions when a run
+is active and quiet fallbacks otherwise, so the same code runs in a flow, in a test or in a script.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prefect.context import FlowRunContext, TaskRunContext
+
+_fallback = logging.getLogger("genoflows")
+
+
+def in_prefect_run() -> bool:
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run, else the `genoflows` logger."""
+    if in_prefect_run():
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    return _fallback
+
+
+def log_lines() -> Callable[[str], None]:
+    """A line sink for tool output: the run log at INFO."""
+    logger = run_logger()
+    return logger.info
+
+
+class ProgressReporter:
+    """Feeds a Prefect progress artifact from (done, total) callbacks, at most once per `interval` seconds.
+
+    Outside a Prefect run it only remembers the numbers, so domain code need not care where it runs.
+    """
+
+    def __init__(self, description: str, *, key: str | None = None, interval: float = 2.0):
+        self.description, self.interval = description, interval
+        self._artifact_id = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self.done, self.total = 0, None
+        if in_prefect_run():
+            from prefect.artifacts import create_progress_artifact
+
+            self._artifact_id = create_progress_artifact(0.0, key=key, description=description)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+        now = time.monotonic()
+        with self._lock:
+            if self._artifact_id is None or not total or (now - self._last < self.interval and done < total):
+                return
+            self._last = now
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self._artifact_id, min(100.0, 100.0 * done / total))

@@ -1,0 +1,45 @@
+"""Shared fixtures: one Prefect test harness per session, a moto S3 server, isolated settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tools installed into the venv (truvari) must be found by subprocesses too.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for the whole session (starting one costs ~25 s here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """moto in server mode on 127.0.0.1: boto3 talks real HTTP to it."""
+    from genoflows.testing.s3 import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def settings_env(monkeypatch, tmp_path):
+    """Point every genoflows directory setting into tmp_path; returns the fresh Settings."""
+    from genoflows.settings import get_settings
+
+    for name in ("data", "reference", "cache"):
+        monkeypatch.setenv(f"GENOFLOWS_{name.upper()}_DIR", str(tmp_path / name))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

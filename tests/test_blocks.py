@@ -1,0 +1,31 @@
+"""Blocks register with the Prefect CLI and load back by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_block_register_and_roundtrip(prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    from blocks import AwsCredentials, ToolImages
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    prefect = Path(sys.executable).parent / "prefect"
+    out = subprocess.run(
+        [str(prefect), "block", "register", "-m", "blocks"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "genoflows-tool-images" in out.stdout or "Genoflows Tool Images" in out.stdout
+
+    ToolImages(images={"hap.py": "pkrusche/hap.py:v0.3.12"}, engine="podman").save("lab-images", overwrite=True)
+    loaded = ToolImages.load("lab-images")
+    assert loaded.images == {"hap.py": "pkrusche/hap.py:v0.3.12"}
+
+    AwsCredentials(aws_access_key_id="AKIA_TEST", aws_secret_access_key="not-shown").save("lab-aws", overwrite=True)
+    creds = AwsCredentials.load("lab-aws")
+    assert creds.aws_secret_access_key.get_secret_value() == "not-shown"
+    assert "not-shown" not in repr(creds)

@@ -1,0 +1,136 @@
+"""The fetcher against a real local HTTP server and moto in server mode, faults included."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+
+from genoflows.fetch import ChecksumMismatch, PermanentFetchError, TransientFetchError, fetch
+from genoflows.testing.http_server import FileServer
+from genoflows.testing.s3 import auth_enforced
+
+
+@pytest.fixture
+def served(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    body = os.urandom(300_000)
+    (root / "reads.fastq.gz").write_bytes(body)
+    with FileServer(root) as server:
+        yield server, body, hashlib.md5(body).hexdigest()
+
+
+def test_http_fetch_verifies_and_caches(served, tmp_path):
+    server, body, md5 = served
+    dest = tmp_path / "out" / "reads.fastq.gz"
+    result = fetch(server.url("reads.fastq.gz"), dest, md5=md5, size=len(body))
+    assert result.downloaded and dest.read_bytes() == body
+    again = fetch(server.url("reads.fastq.gz"), dest, md5=md5)
+    assert not again.downloaded
+    assert len(server.downloads("reads")) == 1  # the second call touched no network
+    assert not list(dest.parent.glob("*.part"))
+
+
+def test_dropped_connection_resumes_with_range(served, tmp_path):
+    server, body, md5 = served
+    server.add_fault("reads", "drop")
+    dest = tmp_path / "reads.fastq.gz"
+    with pytest.raises(TransientFetchError, match="truncated|RemoteProtocolError|will resume"):
+        fetch(server.url("reads.fastq.gz"), dest, md5=md5)
+    assert not dest.exists()  # a partial is never under the final name
+    part = dest.with_name(dest.name + ".part")
+    assert 0 < part.stat().st_size < len(body)
+    fetch(server.url("reads.fastq.gz"), dest, md5=md5)
+    assert dest.read_bytes() == body
+    assert server.requests[-1].range == f"bytes={part_size_before(server)}-"
+
+
+def part_size_before(server: FileServer) -> int:
+    """The byte offset the resumed request asked for."""
+    return int(server.requests[-1].range.split("=")[1].rstrip("-"))
+
+
+def test_corrupt_body_is_removed_and_503_is_transient(served, tmp_path):
+    server, body, md5 = served
+    dest = tmp_path / "reads.fastq.gz"
+    server.add_fault("reads", "corrupt")
+    with pytest.raises(ChecksumMismatch, match="md5"):
+        fetch(server.url("reads.fastq.gz"), dest, md5=md5)
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+    server.add_fault("reads", "503")
+    with pytest.raises(TransientFetchError, match="503"):
+        fetch(server.url("reads.fastq.gz"), dest, md5=md5)
+    assert fetch(server.url("reads.fastq.gz"), dest, md5=md5).downloaded
+
+
+def test_404_is_permanent(served, tmp_path):
+    server, _, _ = served
+    with pytest.raises(PermanentFetchError, match="404"):
+        fetch(server.url("missing.vcf.gz"), tmp_path / "missing.vcf.gz")
+
+
+def test_local_path_and_bad_scheme(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("hello\n")
+    out = fetch(str(src), tmp_path / "copy" / "a.txt", sha256=hashlib.sha256(b"hello\n").hexdigest())
+    assert out.path.read_text() == "hello\n"
+    with pytest.raises(PermanentFetchError, match="no such file"):
+        fetch(str(tmp_path / "nope"), tmp_path / "x")
+    with pytest.raises(PermanentFetchError, match="unsupported URI scheme"):
+        fetch("ftp://example.org/x", tmp_path / "y")
+
+
+def test_disk_full_fails_cleanly(served, tmp_path):
+    server, _, md5 = served
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with pytest.raises(PermanentFetchError, match="not enough disk|disk full"):
+            fetch(server.url("reads.fastq.gz"), small / "reads.fastq.gz", md5=md5)
+        assert [p.name for p in small.iterdir() if not p.name.endswith(".lock")] == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def _s3(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def test_s3_single_and_multipart_etag(moto_endpoint, tmp_path):
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-fetch")
+    small, big = os.urandom(1000), os.urandom(17 << 20)
+    s3.put_object(Bucket="lab-fetch", Key="calls/small.vcf.gz", Body=small)
+    big_path = tmp_path / "big.bin"
+    big_path.write_bytes(big)
+    from boto3.s3.transfer import TransferConfig
+
+    s3.upload_file(str(big_path), "lab-fetch", "calls/big.bin", Config=TransferConfig(multipart_chunksize=5 << 20))
+    assert "-" in s3.head_object(Bucket="lab-fetch", Key="calls/big.bin")["ETag"]
+    got = fetch("s3://lab-fetch/calls/small.vcf.gz", tmp_path / "s.vcf.gz", s3_client=s3)
+    assert got.path.read_bytes() == small
+    got = fetch("s3://lab-fetch/calls/big.bin", tmp_path / "b.bin", s3_client=s3)
+    assert hashlib.sha256(got.path.read_bytes()).digest() == hashlib.sha256(big).digest()
+    with pytest.raises(PermanentFetchError, match="no such object"):
+        fetch("s3://lab-fetch/calls/absent.vcf.gz", tmp_path / "absent", s3_client=s3)
+
+
+def test_s3_access_denied_is_permanent(moto_endpoint, tmp_path):
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-private")
+    s3.put_object(Bucket="lab-private", Key="x.vcf.gz", Body=b"data")
+    with auth_enforced(moto_endpoint) as (key, secret):
+        denied = boto3.client(
+            "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+            aws_access_key_id=key, aws_secret_access_key=secret,
+        )
+        with pytest.raises(PermanentFetchError, match="access denied"):
+            fetch("s3://lab-private/x.vcf.gz", tmp_path / "x.vcf.gz", s3_client=denied)
+    assert not (tmp_path / "x.vcf.gz").exists() and not Path(str(tmp_path / "x.vcf.gz") + ".part").exists()
