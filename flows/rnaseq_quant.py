@@ -1,0 +1,111 @@
+"""RNA-seq quantification flows: one species (`rnaseq_quant`) and several (`rnaseq_multi_species`).
+
+Runs stream through download -> kallisto -> delete under a disk budget (see genoflows/rnaseq/stream.py);
+finished runs are never redone, failed and missing ones are retried on the next flow run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock, Timeout
+from prefect import flow
+from pydantic import ByteSize
+
+from genoflows.rnaseq.config import ConfigError, SpeciesConfig, load_configs
+from genoflows.rnaseq.metadata import load_runs, species_dirname
+from genoflows.rnaseq.stages import SpeciesDirs
+from genoflows.rnaseq.state import plan, write_failed
+from genoflows.rnaseq.stream import DiskSampler, human_bytes
+from tasks import rnaseq as t
+from tasks.runtime import run_logger
+
+Source = Literal["ena", "aws", "ncbi"]
+
+
+@flow(name="rnaseq-quant", log_prints=True)
+def rnaseq_quant(
+    metadata: str | list[str],
+    species: str,
+    transcriptome: str,
+    out_dir: str = "data/rnaseq",
+    threads: int = 2,
+    max_downloads: int = 4,
+    disk_budget: ByteSize = ByteSize(40 * 10**9),  # noqa: B008 - pydantic parses "40GB"/"500MB"/int
+    sources: list[Source] = ["ena", "aws"],  # noqa: B006 - Prefect parameters are copied per run
+    engine: Literal["kallisto"] = "kallisto",
+    fragment_length: float | None = None,
+    fragment_sd: float | None = None,
+    retry_delay_seconds: float = 2.0,
+) -> dict[str, object]:
+    """Quantify one species' runs; returns the summary (also published as artifacts)."""
+    t0 = time.monotonic()
+    logger = run_logger()
+    sp = species_dirname(species)
+    dirs = SpeciesDirs(Path(out_dir) / sp)
+    dirs.root.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(str(dirs.root / ".flow.lock"), timeout=0).acquire()
+    except Timeout as exc:
+        raise RuntimeError(f"another flow run is working on {dirs.root}; wait for it or use another out_dir") from exc
+    with lock:
+        meta = metadata if isinstance(metadata, list) else t.local_input(metadata, dirs.root / ".inputs")
+        table = load_runs(meta, species)
+        if stale := dirs.prepare():
+            logger.warning("removed %d leftovers of an interrupted run: %s", len(stale), stale[:5])
+        todo = plan(table, dirs)
+        logger.info("%s: %d runs, %d complete, %d to do, %d skipped", sp, len(table.runs), len(todo.complete),
+                    len(todo.todo), len(table.skipped))  # fmt: skip
+        failures: dict[str, str] = {}
+        report = None
+        counter = t.ByteCounter()
+        progress = t.RunProgress(sp, len(table.runs), len(todo.complete), counter)
+        with DiskSampler(dirs.fastq, interval=0.2) as disk:
+            if todo.todo:
+                index = t.build_index(transcriptome)
+                resolved, unresolved = t.resolve_runs(todo.todo, sp, list(sources))
+                failures.update(dict(unresolved))
+                fragment = (fragment_length, fragment_sd or fragment_length / 10) if fragment_length else None
+                download = t.download_run.with_options(retry_delay_seconds=[retry_delay_seconds * 2**i for i in range(3)])
+                report = t.stream_runs(resolved, dirs, index, budget=int(disk_budget), max_downloads=max_downloads,
+                                       threads=threads, fragment=fragment, progress=progress, download_task=download)  # fmt: skip
+                failures.update(report.failed)
+        write_failed(dirs, failures)
+        merged = t.merge_species(dirs.root, sp, table, [r.run for r in table.runs])
+        summary = {
+            "species": sp,
+            "runs": len(table.runs),
+            "quantified": len(merged.runs),
+            "newly_quantified": len(report.done) if report else 0,
+            "failed": len(failures),
+            "skipped (excluded / not sampled)": len(table.skipped),
+            "downloaded": human_bytes(counter.total),
+            "disk_budget": human_bytes(int(disk_budget)),
+            "disk_high_water (sampled fastq/)": human_bytes(disk.high_water),
+            "disk_reserved_high_water": human_bytes(report.reserved_high_water if report else 0),
+            "wall_seconds": round(time.monotonic() - t0, 1),
+            "failed_tsv": str(dirs.root / "failed.tsv") if failures else "",
+        }
+        t.publish_summary(sp, summary, progress.rows)
+        logger.info("summary: %s", summary)
+        return {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures}
+
+
+@flow(name="rnaseq-multi-species", log_prints=True)
+def rnaseq_multi_species(configs: str | list[str]) -> dict[str, object]:
+    """Run `rnaseq_quant` per species from YAML configs; one species failing does not stop the others."""
+    try:
+        species = load_configs(configs)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    results: dict[str, object] = {}
+    for cfg in species:
+        state = rnaseq_quant(**_params(cfg), return_state=True)
+        results[cfg.species] = state.result() if state.is_completed() else f"failed: {state.message}"
+    return results
+
+
+def _params(cfg: SpeciesConfig) -> dict[str, object]:
+    return cfg.model_dump()

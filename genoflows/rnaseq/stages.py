@@ -1,0 +1,213 @@
+"""The three steps of one run, as plain functions: download (+verify), quantify (atomic), clean up.
+
+The scheduler in `stream.py` calls these (through Prefect tasks in the flow); they know nothing about
+concurrency. Layout on disk, per species:
+  quant/<run>/{abundance.tsv,run_info.json}   complete runs only (renamed into place after checks)
+  quant/.tmp-<run>-*                          a quantification in progress (removed at start)
+  fastq/<run>/                                downloads in flight; empty at the end of a flow run
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from genoflows.fetch import fetch
+from genoflows.rnaseq.metadata import Layout
+from genoflows.rnaseq.sources import ResolvedRun
+from genoflows.toolrun import run_tool
+from genoflows.tools import fasterq_dump, kallisto
+
+Log = Callable[[str], None]
+
+
+class TruncatedFastq(RuntimeError):
+    """A FASTQ(.gz) ends mid-stream or mid-record, or paired files hold different read counts."""
+
+
+@dataclass(frozen=True)
+class SpeciesDirs:
+    """Paths of one species' output tree."""
+
+    root: Path
+
+    @property
+    def quant(self) -> Path:
+        return self.root / "quant"
+
+    @property
+    def fastq(self) -> Path:
+        return self.root / "fastq"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    def quant_dir(self, run: str) -> Path:
+        return self.quant / run
+
+    def is_complete(self, run: str) -> bool:
+        d = self.quant_dir(run)
+        return (d / "abundance.tsv").is_file() and (d / "run_info.json").is_file()
+
+    def prepare(self) -> list[str]:
+        """Create the tree and remove what an interrupted flow run left: FASTQs, partials, temp quant dirs."""
+        removed = []
+        for d in (self.quant, self.fastq):
+            d.mkdir(parents=True, exist_ok=True)
+        for p in list(self.fastq.iterdir()) + [p for p in self.quant.iterdir() if p.name.startswith(".tmp-")]:
+            removed.append(str(p))
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        return removed
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A run whose FASTQs are on local disk and verified."""
+
+    resolved: ResolvedRun
+    layout: Layout
+    files: tuple[Path, ...]
+    expected_fragments: int | None
+    downloaded_bytes: int
+    seconds: float
+
+    @property
+    def run(self) -> str:
+        return self.resolved.run.run
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    run: str
+    layout: Layout
+    n_processed: int
+    n_pseudoaligned: int
+    p_pseudoaligned: float
+    seconds: float
+    source: str = ""
+
+
+def count_fastq_records(path: Path) -> int:
+    """Read a FASTQ(.gz) to the end; TruncatedFastq when the gzip stream or the last record is cut short."""
+    lines, tail = 0, b"\n"
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+        fh.seek(0)
+        d = zlib.decompressobj(wbits=47) if gz else None
+        while chunk := fh.read(1 << 20):
+            out = d.decompress(chunk) if d else chunk
+            while d is not None and d.unused_data:  # concatenated gzip members (bgzip, cat'ed files)
+                rest = d.unused_data
+                d = zlib.decompressobj(wbits=47)
+                out += d.decompress(rest)
+            if out:
+                lines += out.count(b"\n")
+                tail = out[-1:]
+    if d is not None and not d.eof:
+        raise TruncatedFastq(f"{path.name}: gzip stream ends early (truncated download or file)")
+    lines += 0 if tail == b"\n" else 1
+    if lines % 4:
+        raise TruncatedFastq(f"{path.name}: {lines} lines is not a whole number of FASTQ records")
+    return lines // 4
+
+
+def verify_fastqs(layout: Layout, files: tuple[Path, ...]) -> int:
+    """Count records in every file; paired mates must agree. Used when no expected count is published."""
+    counts = [count_fastq_records(f) for f in files]
+    if layout == "paired" and counts[0] != counts[1]:
+        raise TruncatedFastq(f"mates differ: {files[0].name} has {counts[0]} reads, {files[1].name} {counts[1]}")
+    if counts[0] == 0:
+        raise TruncatedFastq(f"{files[0].name} holds no reads")
+    return counts[0]
+
+
+def download_run(
+    res: ResolvedRun,
+    fastq_root: Path,
+    *,
+    threads: int = 2,
+    log: Log | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    provenance_dir: Path | None = None,
+) -> LocalRun:
+    """Fetch (verified, resumable), convert .sra if needed, and make sure the reads are all there."""
+    t0 = time.monotonic()
+    run = res.run.run
+    run_dir = fastq_root / run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    got = 0
+    paths = []
+    for f in res.files:
+        seen = [0]
+
+        def progress(done: int, total: int | None, seen: list[int] = seen) -> None:
+            if on_bytes and done > seen[0]:
+                on_bytes(done - seen[0])
+            seen[0] = max(seen[0], done)
+
+        result = fetch(f.uri, run_dir / f.name, md5=f.md5, size=f.size, progress=progress)
+        got += result.size if result.downloaded else 0
+        paths.append(result.path)
+    expected = res.expected_fragments
+    if res.needs_conversion:
+        sra = paths[0]
+        fasterq_dump.check_sra_magic(sra)
+        out, tmp = run_dir / "dump", run_dir / "dump-tmp"
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, provenance_dir=provenance_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        sra.unlink()
+        layout, files = fasterq_dump.collect_outputs(out, run)
+        paths = files
+    else:
+        layout = res.layout or ("paired" if len(paths) == 2 else "single")
+    if expected is None:
+        expected = verify_fastqs(layout, tuple(paths))
+    return LocalRun(res, layout, tuple(paths), expected, got, round(time.monotonic() - t0, 3))
+
+
+def quantify_run(
+    local: LocalRun,
+    index: Path,
+    targets: list[str],
+    dirs: SpeciesDirs,
+    *,
+    threads: int = 1,
+    fragment: tuple[float, float] | None = None,
+    log: Log | None = None,
+) -> QuantResult:
+    """kallisto into a temp dir, check everything, then rename to quant/<run> (the done marker)."""
+    t0 = time.monotonic()
+    run = local.run
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=dirs.quant))
+    try:
+        if local.layout == "single" and fragment is None:
+            fragment = kallisto.single_end_fragment(local.resolved.run.nominal_length)
+        argv = kallisto.quant_argv(index, tmp, local.files, local.layout, threads=threads, fragment=fragment)
+        run_tool(argv, log=log, provenance_dir=tmp)
+        info = kallisto.check_quant(tmp, targets, local.expected_fragments)
+        for extra in tmp.iterdir():
+            if extra.name not in ("abundance.tsv", "run_info.json", "provenance.jsonl"):
+                extra.unlink()
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is not
+        final = dirs.quant_dir(run)
+        if final.exists():  # an older, incomplete or superseded result: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return QuantResult(run, local.layout, info.n_processed, info.n_pseudoaligned, info.p_pseudoaligned,
+                       round(time.monotonic() - t0, 3), local.resolved.source)  # fmt: skip
+
+
+def cleanup_run(fastq_root: Path, run: str) -> None:
+    """Delete everything downloaded for the run (FASTQ, .sra, partials, locks)."""
+    shutil.rmtree(fastq_root / run, ignore_errors=True)

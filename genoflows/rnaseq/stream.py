@@ -1,0 +1,217 @@
+"""Stream runs through download -> quantify -> delete under a disk budget, with no batch barrier.
+
+A run reserves its bytes before its download starts and gives them back once its FASTQs are deleted, so
+the sum of reservations bounds the disk. Downloads run up to `max_downloads` at a time, quantifications
+up to `quant_workers`; a run is quantified as soon as its download is verified, and every freed byte
+admits the next run that fits. One run failing is recorded and the rest go on.
+
+The three steps are plain callables, so the logic is tested with fakes; the flow passes functions that
+call Prefect tasks. Work runs in a thread pool and each submission carries a copy of the caller's
+context (what Prefect's ThreadPoolTaskRunner does), so tasks called there belong to the flow run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+class ByteBudget:
+    """A byte semaphore for disk: non-blocking reserve, release, and the highest total ever reserved."""
+
+    def __init__(self, capacity: int):
+        if capacity <= 0:
+            raise ValueError(f"disk budget must be positive, got {capacity}")
+        self.capacity = int(capacity)
+        self.reserved = 0
+        self.high_water = 0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.reserved + n > self.capacity:
+                return False
+            self.reserved += n
+            self.high_water = max(self.high_water, self.reserved)
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            if n > self.reserved:
+                raise RuntimeError(f"releasing {n} bytes but only {self.reserved} are reserved")
+            self.reserved -= n
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    need_bytes: int
+    payload: Any
+
+
+@dataclass
+class StreamReport:
+    done: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, key) for tests/benchmarks
+    reserved_high_water: int = 0
+    wall_seconds: float = 0.0
+
+
+Event = Callable[[str, str, Any], None]
+
+
+class StreamScheduler:
+    """Run jobs through download/quant/cleanup callables; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        budget_bytes: int,
+        max_downloads: int,
+        quant_workers: int,
+        download: Callable[[Any], Any],
+        quant: Callable[[Any, Any], Any],
+        cleanup: Callable[[Any], None],
+        on_event: Event | None = None,
+    ):
+        if max_downloads < 1 or quant_workers < 1:
+            raise ValueError("max_downloads and quant_workers must be >= 1")
+        self.budget = ByteBudget(budget_bytes)
+        self.max_downloads, self.quant_workers = max_downloads, quant_workers
+        self._download, self._quant, self._cleanup = download, quant, cleanup
+        self._on_event = on_event
+        self.report = StreamReport()
+        self._t0 = 0.0
+
+    def _event(self, kind: str, key: str, info: Any = None) -> None:
+        self.report.events.append((time.monotonic() - self._t0, kind, key))
+        if self._on_event is not None:
+            self._on_event(kind, key, info)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.report.failed[job.key] = reason
+        self._event("failed", job.key, reason)
+
+    def _finish(self, job: Job) -> None:
+        """Delete the run's files, then give its bytes back (in that order: disk first, budget second)."""
+        try:
+            self._cleanup(job.payload)
+        finally:
+            self.budget.release(job.need_bytes)
+
+    def run(self, jobs: Iterable[Job]) -> StreamReport:
+        self._t0 = time.monotonic()
+        pending: list[Job] = []
+        for job in jobs:
+            if job.need_bytes > self.budget.capacity:
+                self._fail(job, f"needs {human_bytes(job.need_bytes)} of disk but the whole budget is "
+                                f"{human_bytes(self.budget.capacity)}; raise disk_budget to run it")  # fmt: skip
+            else:
+                pending.append(job)
+        downloads: dict[Future, Job] = {}
+        quants: dict[Future, Job] = {}
+        ready: deque[tuple[Job, Any]] = deque()
+        pool = ThreadPoolExecutor(self.max_downloads + self.quant_workers, thread_name_prefix="stream")
+
+        def submit(fn: Callable, *args: Any) -> Future:
+            return pool.submit(contextvars.copy_context().run, fn, *args)
+
+        try:
+            while pending or downloads or quants or ready:
+                while ready and len(quants) < self.quant_workers:
+                    job, local = ready.popleft()
+                    quants[submit(self._quant, job.payload, local)] = job
+                    self._event("quant_started", job.key)
+                i = 0
+                while len(downloads) < self.max_downloads and i < len(pending):
+                    if self.budget.try_reserve(pending[i].need_bytes):  # backfill: smaller runs may pass a big one
+                        job = pending.pop(i)
+                        downloads[submit(self._download, job.payload)] = job
+                        self._event("admitted", job.key, job.need_bytes)
+                    else:
+                        i += 1
+                if not downloads and not quants:
+                    continue  # only reachable with `ready` non-empty; loop admits it
+                done, _ = wait([*downloads, *quants], return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut in downloads:
+                        job = downloads.pop(fut)
+                        if (exc := fut.exception()) is not None:
+                            self._finish(job)
+                            self._fail(job, f"download: {_reason(exc)}")
+                        else:
+                            ready.append((job, fut.result()))
+                            self._event("downloaded", job.key, fut.result())
+                    else:
+                        job = quants.pop(fut)
+                        self._finish(job)
+                        if (exc := fut.exception()) is not None:
+                            self._fail(job, f"quant: {_reason(exc)}")
+                        else:
+                            self.report.done[job.key] = fut.result()
+                            self._event("quantified", job.key, fut.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.report.reserved_high_water = self.budget.high_water
+            self.report.wall_seconds = time.monotonic() - self._t0
+        return self.report
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
+def dir_bytes(path: Path) -> int:
+    """Apparent size of everything under `path` (partial downloads included)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class DiskSampler:
+    """Samples a directory's size in a thread; `.high_water` is the largest size seen."""
+
+    def __init__(self, path: Path, interval: float = 0.1):
+        self.path, self.interval = Path(path), interval
+        self.high_water = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="disk-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.high_water = max(self.high_water, dir_bytes(self.path))
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.high_water = max(self.high_water, dir_bytes(self.path))
