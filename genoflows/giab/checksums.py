@@ -1,0 +1,86 @@
+"""Published md5s and our own sha256 manifest for the reference cache.
+
+GIAB's md5 files are inconsistent (spec section 2.3), so verification is layered: an md5 published next to the
+file when one can be found, otherwise the sha256 we pinned the first time the file was downloaded (kept in
+`<reference_dir>/giab-manifest.json`), so every later download - another machine, a deleted cache - is checked
+against the bytes the first run accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from filelock import FileLock
+
+MANIFEST_NAME = "giab-manifest.json"
+_MD5_LINE = re.compile(r"^\s*(?:MD5\s*\((?P<n1>.+)\)\s*=\s*(?P<h1>[0-9a-fA-F]{32})|(?P<h2>[0-9a-fA-F]{32})\s+[* ]?(?P<n2>.+?))\s*$")
+_BARE_MD5 = re.compile(r"^\s*([0-9a-fA-F]{32})\s*$")
+
+
+def md5_for(listing: str, filename: str) -> str | None:
+    """The md5 of `filename` in a checksum listing (`md5sum` output, BSD `MD5 (f) = h`, or one bare hash).
+
+    A listing's names may carry directories (`./GRCh38/x.vcf.gz`); the basename decides.
+    """
+    lines = [ln for ln in listing.splitlines() if ln.strip()]
+    if len(lines) == 1 and (bare := _BARE_MD5.match(lines[0])):
+        return bare.group(1).lower()
+    for line in lines:
+        m = _MD5_LINE.match(line)
+        if not m:
+            continue
+        name = m.group("n1") or m.group("n2")
+        digest = m.group("h1") or m.group("h2")
+        if name.strip().rsplit("/", 1)[-1] == filename:
+            return digest.lower()
+    return None
+
+
+@dataclass
+class PinnedFile:
+    """What the first download of a file looked like."""
+
+    url: str
+    sha256: str
+    size: int
+    md5_source: str | None
+    pinned: str
+
+
+class Manifest:
+    """sha256 pins for files in the reference cache, keyed by their path relative to the cache root."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / MANIFEST_NAME
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.path} is not valid JSON ({exc}); fix or delete it to re-pin checksums") from exc
+
+    def get(self, relpath: str) -> PinnedFile | None:
+        with self._lock:
+            entry = self._read().get(relpath)
+        return PinnedFile(**entry) if entry else None
+
+    def pin(self, relpath: str, *, url: str, sha256: str, size: int, md5_source: str | None) -> PinnedFile:
+        """Record the checksum of a freshly verified file (write to a temp name, then rename)."""
+        entry = PinnedFile(url, sha256, size, md5_source, datetime.now(UTC).isoformat(timespec="seconds"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            data = self._read()
+            data[relpath] = asdict(entry)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            tmp.replace(self.path)
+        return entry

@@ -1,0 +1,144 @@
+"""Detect and fix contig naming mismatches (chr1 vs 1) between a query, a truth set and the reference.
+
+GRCh38 GIAB files say `chr1`, GRCh37 ones `1`, and a lab's VCF may use either; comparing them as they are
+would match nothing. The reference FASTA decides the names: every VCF/BED is renamed to it (with a log line
+saying so), and a contig with no counterpart in the reference is an error, never a silent zero.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pysam
+
+from genoflows.toolrun import run_tool
+from genoflows.tools import bcftools
+
+Log = Callable[[str], None]
+
+
+class ContigMismatch(ValueError):
+    """A file has records on contigs the reference does not have under any naming."""
+
+
+def fasta_contigs(fasta: Path) -> list[str]:
+    """Contig names of an indexed FASTA, in order (from its .fai)."""
+    fai = Path(f"{fasta}.fai")
+    if not fai.exists():
+        raise FileNotFoundError(f"{fasta} has no .fai index: run `samtools faidx {fasta}`")
+    return [line.split("\t", 1)[0] for line in fai.read_text().splitlines() if line.strip()]
+
+
+def vcf_contigs(vcf: Path) -> list[str]:
+    """Contigs that carry records in an indexed VCF (header-only contigs do not count)."""
+    with pysam.VariantFile(str(vcf)) as vf:
+        if vf.index is None:
+            raise FileNotFoundError(f"{vcf} has no index (.tbi/.csi): index it with `bcftools index -t {vcf}`")
+        # The index lists header contigs too; keep those with at least one record.
+        return [c for c in vf.index.keys() if next(iter(vf.fetch(c)), None) is not None]
+
+
+def bed_contigs(bed: Path) -> list[str]:
+    """Contig names in a BED (plain or gzipped), in first-seen order."""
+    seen: dict[str, None] = {}
+    opener = gzip.open if str(bed).endswith(".gz") else open
+    with opener(bed, "rt") as fh:
+        for line in fh:
+            if line.strip() and not line.startswith(("#", "track", "browser")):
+                seen.setdefault(line.split("\t", 1)[0], None)
+    return list(seen)
+
+
+def _alternatives(name: str) -> list[str]:
+    bare = name[3:] if name.lower().startswith("chr") else name
+    alts = [bare, f"chr{bare}"]
+    if bare.upper() in ("M", "MT"):
+        alts += ["MT", "chrM", "M", "chrMT"]
+    return [a for a in alts if a != name]
+
+
+def rename_plan(names: Iterable[str], targets: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """({old: new} for names that exist in `targets` under the other convention, [names with no match])."""
+    target_set = set(targets)
+    mapping: dict[str, str] = {}
+    missing: list[str] = []
+    for name in names:
+        if name in target_set:
+            continue
+        match = next((a for a in _alternatives(name) if a in target_set), None)
+        if match is None:
+            missing.append(name)
+        else:
+            mapping[name] = match
+    return mapping, missing
+
+
+def _describe(mapping: dict[str, str]) -> str:
+    pairs = [f"{a}->{b}" for a, b in list(mapping.items())[:4]]
+    more = f" and {len(mapping) - 4} more" if len(mapping) > 4 else ""
+    return ", ".join(pairs) + more
+
+
+def harmonise_vcf(
+    vcf: Path,
+    reference_contigs: list[str],
+    *,
+    label: str,
+    work_dir: Path,
+    log: Log | None = None,
+    provenance_dir: Path | None = None,
+) -> Path:
+    """Return `vcf`, or a copy with its contigs renamed to the reference's names (indexed).
+
+    Raises ContigMismatch naming the file and the contigs when some have no counterpart in the reference.
+    """
+    contigs = vcf_contigs(vcf)
+    mapping, missing = rename_plan(contigs, reference_contigs)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise ContigMismatch(
+            f"{label} {vcf} has records on contigs that are not in the reference ({shown}); reference contigs "
+            f"start {', '.join(reference_contigs[:5])}. Check that the {label} was called on the same genome "
+            f"build as the reference, or remove those contigs (bcftools view -t ^{missing[0]})."
+        )
+    if not mapping:
+        return vcf
+    if log:
+        log(f"{label} {Path(vcf).name} names contigs differently from the reference; renaming {_describe(mapping)}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    map_file = work_dir / f"{label}.rename-chrs.txt"
+    map_file.write_text("".join(f"{old}\t{new}\n" for old, new in mapping.items()))
+    out = work_dir / f"{label}.renamed.vcf.gz"
+    tmp = work_dir / f".{label}.renamed.tmp.vcf.gz"
+    run_tool(bcftools.rename_chrs_argv(vcf, tmp, map_file), log=log, provenance_dir=provenance_dir)
+    run_tool(bcftools.index_argv(tmp), log=log, provenance_dir=provenance_dir)
+    Path(f"{tmp}.tbi").replace(f"{out}.tbi")
+    tmp.replace(out)
+    return out
+
+
+def harmonise_bed(bed: Path, reference_contigs: list[str], *, label: str, work_dir: Path, log: Log | None = None) -> Path:
+    """Return `bed`, or a plain-text copy with contigs renamed to the reference's (unknown contigs dropped)."""
+    mapping, missing = rename_plan(bed_contigs(bed), reference_contigs)
+    if not mapping and not missing:
+        return bed
+    if log and mapping:
+        log(f"{label} {Path(bed).name} names contigs differently from the reference; renaming {_describe(mapping)}")
+    if log and missing:
+        log(f"{label} {Path(bed).name}: ignoring regions on contigs absent from the reference: {', '.join(missing[:8])}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = work_dir / f"{label}.renamed.bed"
+    tmp = work_dir / f".{label}.renamed.bed.tmp"
+    opener = gzip.open if str(bed).endswith(".gz") else open
+    dropped = set(missing)
+    with opener(bed, "rt") as src, open(tmp, "w") as dst:
+        for line in src:
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            chrom, rest = line.split("\t", 1)
+            if chrom not in dropped:
+                dst.write(f"{mapping.get(chrom, chrom)}\t{rest}")
+    tmp.replace(out)
+    return out

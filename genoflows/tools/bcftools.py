@@ -1,0 +1,74 @@
+"""bcftools command lines used by the GIAB pipeline, in one place.
+
+Each builder returns an argv list for `genoflows.toolrun.run_tool` (no shell). Written against bcftools 1.16
+(Debian 12); every option used here exists there and in pysam's bundled 1.2x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOOL = "bcftools"
+
+
+def _out_type(path: Path) -> str:
+    """`-O` value from the output name: .bcf -> b, .vcf.gz -> z, else v."""
+    name = str(path)
+    return "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
+
+
+def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> list[str]:
+    """gVCF (or VCF) -> variant sites only: drop reference blocks and no-calls, trim `<NON_REF>`/`<*>`.
+
+    `-i 'GT="alt"'` keeps records whose genotype carries an ALT allele (reference blocks are 0/0 or ./.);
+    `--trim-alt-alleles` removes ALT alleles no genotype uses, which is what `<NON_REF>`/`<*>` are after that.
+    """
+    argv = [TOOL, "view", "-i", 'GT="alt"', "--trim-alt-alleles"]
+    if sample:
+        argv += ["-s", sample]
+    return argv + ["-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def norm_argv(src: Path, dst: Path, reference: Path) -> list[str]:
+    """Left-align and trim against the reference, split multi-allelic records (`-m -any`).
+
+    `-c e` (the default, spelt out) stops on a REF allele that disagrees with the reference: that means the
+    wrong build or reference, which must not turn into silently unmatched calls.
+    """
+    return [TOOL, "norm", "-f", str(reference), "-m", "-any", "-c", "e", "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def atomize_argv(src: Path, dst: Path, reference: Path) -> list[str]:
+    """Decompose MNPs and complex records into SNPs and indels (hap.py decomposes by default), re-left-aligned.
+
+    Run on already split (biallelic) input: atomizing multi-allelic records makes `*` alleles.
+    """
+    return [TOOL, "norm", "-f", str(reference), "-a", "-c", "e", "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def sort_argv(src: Path, dst: Path, tmp_dir: Path) -> list[str]:
+    """Coordinate-sort (atomizing and left-aligning can move records past their neighbours).
+
+    `-T` is a prefix in 1.16 (`<dir>/sort.XXXXXX` is created), so temporary files stay under `tmp_dir`.
+    """
+    return [TOOL, "sort", "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def index_argv(path: Path, csi: bool = False) -> list[str]:
+    """Index a bgzipped VCF: .tbi (default) or .csi; fails on unsorted or non-BGZF input."""
+    return [TOOL, "index", "-f", "-c" if csi else "-t", str(path)]
+
+
+def rename_chrs_argv(src: Path, dst: Path, mapping_file: Path) -> list[str]:
+    """Rename contigs (header and records) with a two-column `old new` file."""
+    return [TOOL, "annotate", "--rename-chrs", str(mapping_file), "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def view_regions_argv(src: Path, dst: Path, bed: Path, *, streaming: bool = False) -> list[str]:
+    """Keep records overlapping `bed`: `-R` uses the index (jumps), `-T` streams (no index needed)."""
+    return [TOOL, "view", "-T" if streaming else "-R", str(bed), "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def samples_argv(src: Path) -> list[str]:
+    """List the sample names of a VCF (one per line on stdout)."""
+    return [TOOL, "query", "-l", str(src)]
