@@ -3,7 +3,8 @@
 A run reserves its bytes before its download starts and gives them back once its FASTQs are deleted, so
 the sum of reservations bounds the disk. Downloads run up to `max_downloads` at a time, quantifications
 up to `quant_workers`; a run is quantified as soon as its download is verified, and every freed byte
-admits the next run that fits. One run failing is recorded and the rest go on.
+admits the next run that fits. Runs are admitted largest first (their sizes are resolved up front), so
+the last downloads, when fewer than `max_downloads` remain, are short. One run failing is recorded and the rest go on.
 
 The three steps are plain callables, so the logic is tested with fakes; the flow passes functions that
 call Prefect tasks. Work runs in a thread pool and each submission carries a copy of the caller's
@@ -90,6 +91,7 @@ class StreamScheduler:
         quant: Callable[[Any, Any], Any],
         cleanup: Callable[[Any], None],
         on_event: Event | None = None,
+        largest_first: bool = True,
     ):
         if max_downloads < 1 or quant_workers < 1:
             raise ValueError("max_downloads and quant_workers must be >= 1")
@@ -97,6 +99,7 @@ class StreamScheduler:
         self.max_downloads, self.quant_workers = max_downloads, quant_workers
         self._download, self._quant, self._cleanup = download, quant, cleanup
         self._on_event = on_event
+        self.largest_first = largest_first
         self.report = StreamReport()
         self._t0 = 0.0
 
@@ -125,6 +128,8 @@ class StreamScheduler:
                                 f"{human_bytes(self.budget.capacity)}; raise disk_budget to run it")  # fmt: skip
             else:
                 pending.append(job)
+        if self.largest_first:  # sizes are known up front: big runs first leaves small ones for the tail
+            pending.sort(key=lambda j: -j.need_bytes)
         downloads: dict[Future, Job] = {}
         quants: dict[Future, Job] = {}
         ready: deque[tuple[Job, Any]] = deque()
