@@ -170,6 +170,7 @@ class EnaCatalog:
             "fastq_md5": ";".join(md5s),
             "fastq_bytes": ";".join(sizes),
             "library_layout": sim.layout.upper(),
+            "read_count": str(sim.n_fragments),  # spots: pairs for paired runs, reads for single-end ones
         }
 
     def add_empty(self, run: str, layout: str = "PAIRED") -> None:
@@ -198,3 +199,25 @@ def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
         cols += [c for c in r if c not in cols]
     lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
     path.write_text("\n".join(lines) + "\n")
+
+
+def make_sra(sim: SimRun, dest: Path) -> Path:
+    """Pack a simulated run into a real `.sra` (latf-load + kar, offline) for the AWS/fasterq-dump path."""
+    import shutil
+    import tempfile
+
+    from genoflows.toolrun import run_tool
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".sra-", dir=dest.parent) as tmp:
+        plain = []
+        for f in sim.files:
+            out = Path(tmp) / f.name.removesuffix(".gz")
+            with gzip.open(f, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            plain.append(out)
+        arch = Path(tmp) / "arch"
+        run_tool(["latf-load", "--quality", "PHRED_33", "-o", str(arch), *map(str, plain)])
+        run_tool(["kar", "--create", str(Path(tmp) / "run.sra"), "-d", str(arch)])
+        (Path(tmp) / "run.sra").replace(dest)
+    return dest

@@ -1,0 +1,104 @@
+"""kallisto command lines, index cache, output checks and the merge, with the real kallisto 0.48."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+
+import pytest
+
+from genoflows.rnaseq import simulate as sim
+from genoflows.rnaseq.merge import MergeError, merge_species
+from genoflows.rnaseq.metadata import Run, RunTable
+from genoflows.rnaseq.sources import RemoteFile, ResolvedRun
+from genoflows.rnaseq.stages import LocalRun, SpeciesDirs, quantify_run
+from genoflows.tools import kallisto
+
+
+def test_single_end_fragment_rule():
+    assert kallisto.single_end_fragment(None) == (200.0, 20.0)
+    assert kallisto.single_end_fragment(150) == (200.0, 20.0)
+    assert kallisto.single_end_fragment(350) == (350.0, 35.0)
+    assert kallisto.single_end_fragment(350, 50) == (350.0, 50.0)
+
+
+def test_quant_argv(tmp_path):
+    argv = kallisto.quant_argv(tmp_path / "i", tmp_path / "o", [tmp_path / "r.fq"], "single", fragment=(250, 25))
+    assert argv[-6:] == ["--single", "-l", "250", "-s", "25", str(tmp_path / "r.fq")]
+    with pytest.raises(ValueError):
+        kallisto.quant_argv(tmp_path / "i", tmp_path / "o", [tmp_path / "r.fq"], "paired")
+
+
+def test_check_fasta_rejects_unusable_input(tmp_path):
+    bad = tmp_path / "bad.fa"
+    bad.write_text("hello\n")
+    with pytest.raises(kallisto.TranscriptomeError, match="not a FASTA"):
+        kallisto.check_fasta(bad)
+    bad.write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(kallisto.TranscriptomeError, match="cannot read"):
+        kallisto.check_fasta(bad)
+    bad.write_text(">a\n>b\nACGT\n")
+    with pytest.raises(kallisto.TranscriptomeError, match="empty"):
+        kallisto.check_fasta(bad)
+    gz = tmp_path / "ok.fa.gz"
+    with gzip.open(gz, "wt") as fh:
+        fh.write(">t1 desc\nACGT\n>t2\nGGCC\n")
+    assert kallisto.check_fasta(gz) == ["t1", "t2"]
+
+
+def test_index_built_once_concurrently_and_reused(tmp_path):
+    fasta = tmp_path / "tx.fa"
+    sim.make_transcriptome(fasta, n_genes=5, seed=2)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(kallisto.ensure_index(fasta, tmp_path / "c")))
+               for _ in range(3)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({str(r[0]) for r in results}) == 1
+    index = results[0][0]
+    assert index.exists() and "kallisto0.48.0" in index.parent.name
+    mtime = index.stat().st_mtime_ns
+    assert kallisto.ensure_index(fasta, tmp_path / "c")[0].stat().st_mtime_ns == mtime
+    assert not [p for p in index.parent.iterdir() if p.name.startswith(".build-")]
+
+
+def _local(sim_run, layout, expected=None):
+    files = tuple(RemoteFile(str(f), f.name, f.stat().st_size) for f in sim_run.files)
+    res = ResolvedRun(Run(sim_run.run, "Sp", layout, 250), "explicit", files, layout, 0, expected)
+    return LocalRun(res, layout, sim_run.files, expected or sim_run.n_fragments, 0, 0.0)
+
+
+def test_quantify_checks_and_merge(tmp_path):
+    fasta = tmp_path / "tx.fa"
+    tx = sim.make_transcriptome(fasta, n_genes=10, seed=4)
+    index, targets = kallisto.ensure_index(fasta, tmp_path / "cache")
+    dirs = SpeciesDirs(tmp_path / "out" / "Sp")
+    dirs.prepare()
+    a = sim.simulate_run(tx, tmp_path / "g", "SRR4000001", n_fragments=2000, seed=1)
+    b = sim.simulate_run(tx, tmp_path / "g", "SRR4000002", layout="single", n_fragments=2000, seed=2)
+    ra = quantify_run(_local(a, "paired"), index, targets, dirs)
+    rb = quantify_run(_local(b, "single"), index, targets, dirs)
+    assert ra.n_processed == 2000 and ra.p_pseudoaligned > 90 and rb.layout == "single"
+    assert sorted(p.name for p in dirs.quant.iterdir()) == ["SRR4000001", "SRR4000002"]
+    # counts follow the truth: the most abundant transcript family gets the most reads
+    est = kallisto.read_abundance(dirs.quant_dir("SRR4000001") / "abundance.tsv")
+    assert sum(c for c, _ in est.values()) == pytest.approx(ra.n_pseudoaligned, rel=1e-3)
+    # a truncated run is caught although kallisto exits 0 on it
+    with pytest.raises(kallisto.QuantCheckError, match="1000 of 2000 expected|of 2000 expected"):
+        cut = sim.simulate_run(tx, tmp_path / "g2", "SRR4000003", n_fragments=1000, seed=3)
+        quantify_run(_local(cut, "paired", expected=2000), index, targets, dirs)
+    assert not dirs.is_complete("SRR4000003") and not [p for p in dirs.quant.iterdir() if p.name.startswith(".tmp")]
+    table = RunTable(runs=[], rows=[{"run": "SRR4000001", "x": "1"}, {"run": "SRR4000002", "x": "2"}], columns=["run", "x"])
+    m = merge_species(dirs, "Sp", table, ["SRR4000001", "SRR4000002", "SRR4000009"])
+    assert m.runs == ["SRR4000001", "SRR4000002"] and m.n_targets == len(targets)
+    lines = m.est_counts.read_text().splitlines()
+    assert lines[0] == "target_id\tSRR4000001\tSRR4000002"
+    first = lines[1].split("\t")
+    assert float(first[1]) == est[first[0]][0]
+    meta = m.metadata.read_text().splitlines()
+    assert meta[0] == "run\tx\tmapping_rate" and meta[1].split("\t")[2] == str(ra.p_pseudoaligned)
+    (dirs.quant_dir("SRR4000002") / "abundance.tsv").write_text("target_id\tlength\teff_length\test_counts\ttpm\nzz\t1\t1\t1\t1\n")
+    with pytest.raises(MergeError, match="target set differs"):
+        merge_species(dirs, "Sp", table, ["SRR4000001", "SRR4000002"])

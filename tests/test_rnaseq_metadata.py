@@ -1,0 +1,111 @@
+"""Run table parsing and validation, species configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genoflows.rnaseq.config import ConfigError, SpeciesConfig, load_configs
+from genoflows.rnaseq.metadata import (
+    MetadataError,
+    load_runs,
+    read_metadata,
+    runs_from_accessions,
+    species_dirname,
+)
+from genoflows.rnaseq.simulate import write_metadata
+
+BASE = {"scientific_name": "Camponotus floridanus", "lib_layout": "paired", "exclusion": "no", "is_sampled": "yes"}
+
+
+def table(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "metadata.tsv"
+    write_metadata(path, rows)
+    return path
+
+
+def test_reads_amalgkit_table_honouring_exclusion_and_is_sampled(tmp_path):
+    rows = [
+        {**BASE, "run": "SRR1000001", "nominal_length": "300"},
+        {**BASE, "run": "SRR1000002", "exclusion": "low_mapping_rate"},
+        {**BASE, "run": "SRR1000003", "is_sampled": "no"},
+        {**BASE, "run": "SRR1000004", "lib_layout": "single", "exclusion": ""},
+        {**BASE, "run": "SRR1000005", "scientific_name": "Solenopsis invicta"},
+    ]
+    t = read_metadata(table(tmp_path, rows), "Camponotus floridanus")
+    assert [r.run for r in t.runs] == ["SRR1000001", "SRR1000004"]
+    assert t.runs[0].species == "Camponotus_floridanus" and t.runs[0].nominal_length == 300
+    assert t.runs[1].layout == "single"
+    assert dict(t.skipped) == {"SRR1000002": "excluded: low_mapping_rate", "SRR1000003": "not sampled (is_sampled=no)"}
+    assert len(t.rows) == 4  # the species' rows, for the output metadata.tsv
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text("run\tscientific_name\nSRR1000001\tX y\n")
+    with pytest.raises(MetadataError, match="required column.*lib_layout"):
+        read_metadata(path)
+
+
+def test_all_row_problems_reported_at_once(tmp_path):
+    rows = [
+        {**BASE, "run": "SRR1000001"},
+        {**BASE, "run": "SRR1000001"},
+        {**BASE, "run": "SRR1000002", "lib_layout": "triple"},
+        {**BASE, "run": "../../etc"},
+        {**BASE, "run": "/abs/path"},
+    ]
+    with pytest.raises(MetadataError) as err:
+        read_metadata(table(tmp_path, rows))
+    msg = str(err.value)
+    assert "4 problem(s)" in msg and "duplicate run SRR1000001" in msg and "unknown lib_layout 'triple'" in msg
+    assert "'../../etc'" in msg and "'/abs/path'" in msg
+
+
+def test_explicit_uris_allow_non_accession_names_but_not_path_tricks(tmp_path):
+    rows = [{**BASE, "run": "lab_sample-1", "fastq_uris": "s3://b/a_1.fq.gz;s3://b/a_2.fq.gz"}]
+    t = read_metadata(table(tmp_path, rows))
+    assert t.runs[0].uris == ("s3://b/a_1.fq.gz", "s3://b/a_2.fq.gz")
+    with pytest.raises(MetadataError, match="unsafe"):
+        read_metadata(table(tmp_path, [{**BASE, "run": "..", "fastq_uris": "/x.fq"}]))
+
+
+def test_unknown_species_and_unreadable_file(tmp_path):
+    with pytest.raises(MetadataError, match="no rows with scientific_name"):
+        read_metadata(table(tmp_path, [{**BASE, "run": "SRR1000001"}]), "Apis mellifera")
+    with pytest.raises(MetadataError, match="cannot read metadata"):
+        read_metadata(tmp_path / "missing.tsv")
+
+
+def test_accession_list():
+    t = load_runs(["SRR1000001", "ERR2000002"], "Apis mellifera")
+    assert [(r.run, r.species, r.layout) for r in t.runs] == [
+        ("SRR1000001", "Apis_mellifera", None), ("ERR2000002", "Apis_mellifera", None)]  # fmt: skip
+    with pytest.raises(MetadataError, match="not an SRA"):
+        runs_from_accessions(["SRR1", "hello"], "X y")
+    with pytest.raises(MetadataError):
+        species_dirname("../evil")
+
+
+def test_species_configs(tmp_path):
+    (tmp_path / "meta").mkdir()
+    cfg = tmp_path / "project.yaml"
+    cfg.write_text(
+        "out_dir: out\ndisk_budget: 500MB\nmax_downloads: 2\nspecies:\n"
+        "  - {species: Apis mellifera, metadata: meta/am.tsv, transcriptome: am.fa}\n"
+        "  - {species: Solenopsis invicta, metadata: [SRR1000001], transcriptome: s3://b/si.fa, disk_budget: 40GB}\n"
+    )
+    a, b = load_configs(str(cfg))
+    assert a.metadata == str(tmp_path / "meta/am.tsv") and a.out_dir == str(tmp_path / "out")
+    assert a.disk_budget == 500 * 10**6 and b.disk_budget == 40 * 10**9 and b.max_downloads == 2
+    assert b.metadata == ["SRR1000001"] and b.transcriptome == "s3://b/si.fa"
+    single = tmp_path / "one.yaml"
+    single.write_text("species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\nsources: [aws]\n")
+    assert load_configs([str(single)])[0].sources == ["aws"]
+    single.write_text("species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\nsources: [ftp]\n")
+    with pytest.raises(ConfigError, match="one.yaml"):
+        load_configs([str(single)])
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_configs([str(tmp_path / "nope.yaml")])
+    assert SpeciesConfig(species="x y", metadata="m", transcriptome="t", disk_budget=123).disk_budget == 123

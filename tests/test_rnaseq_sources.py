@@ -1,0 +1,117 @@
+"""Resolving runs against a local ENA-like server, AWS ODP and NCBI SDL stand-ins; downloading one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genoflows.rnaseq import simulate as sim
+from genoflows.rnaseq.metadata import Run
+from genoflows.rnaseq.sources import Endpoints, resolve_all
+from genoflows.rnaseq.stages import TruncatedFastq, count_fastq_records, download_run, verify_fastqs
+from genoflows.testing.http_server import FileServer
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    (root / "srv").mkdir()
+    tx = sim.make_transcriptome(root / "tx.fa", n_genes=8, seed=3)
+    with FileServer(root / "srv") as server:
+        host = server.base_url.split("://")[1]
+        cat = sim.EnaCatalog(root / "srv")
+        paired = sim.simulate_run(tx, root / "gen", "SRR3000001", n_fragments=300, seed=1)
+        unpaired = sim.simulate_run(tx, root / "gen", "SRR3000001", layout="single", n_fragments=20, seed=2)
+        cat.add(paired, host=host, extra_unpaired=unpaired.files[0])
+        cat.add(sim.simulate_run(tx, root / "gen", "SRR3000002", layout="single", n_fragments=200, seed=3), host=host)
+        cat.add_empty("SRR3000003")
+        sra_run = sim.simulate_run(tx, root / "gen", "SRR3000003", n_fragments=200, seed=4)
+        sim.make_sra(sra_run, root / "srv" / "sra" / "SRR3000003" / "SRR3000003")
+        cat.rows["SRR3000004"] = {**cat.rows["SRR3000002"], "run_accession": "SRR3000004",
+                                  "fastq_ftp": f"{host}/vol1/../../etc/passwd"}  # fmt: skip
+        sdl = {"version": "2", "result": [{"files": [
+            {"type": "sra", "name": "SRR3000005.noqual", "size": 5, "locations": [{"service": "s3", "link": "x"}]},
+            {"type": "sra", "name": "SRR3000005", "size": 1234, "md5": "0" * 32, "locations": [
+                {"service": "s3", "link": "https://paid/x", "payRequired": True},
+                {"service": "sra-ncbi", "link": "https://ncbi/SRR3000005"}]}]}]}  # fmt: skip
+        server.add_route("/filereport", cat.filereport_handler())
+        server.add_route("/sdl", lambda q: (200, "application/json", json.dumps(sdl).encode()))
+        endpoints = Endpoints(server.base_url, server.base_url + "/sra", server.base_url + "/sdl")
+        yield root, server, endpoints, paired
+
+
+def test_ena_paired_picks_mates_and_ignores_unpaired_file(world):
+    root, server, ep, paired = world
+    (res,), failed = resolve_all([Run("SRR3000001", "X", "paired")], ["ena"], ep)
+    assert not failed and res.source == "ena" and res.layout == "paired"
+    assert [f.name for f in res.files] == ["SRR3000001_1.fastq.gz", "SRR3000001_2.fastq.gz"]
+    assert res.files[0].md5 == sim.md5sum(paired.files[0]) and res.files[0].size == paired.files[0].stat().st_size
+    assert res.reserve_bytes == sum(f.stat().st_size for f in paired.files)
+    assert res.files[0].uri.startswith("http://") and res.expected_fragments is None  # 3 files: counts unknown
+
+
+def test_ena_single_with_layout_mismatch_is_a_note(world):
+    _, _, ep, _ = world
+    (res,), _ = resolve_all([Run("SRR3000002", "X", "paired")], ["ena"], ep)
+    assert res.layout == "single" and res.expected_fragments == 200
+    assert "layout mismatch" in res.notes[0]
+
+
+def test_fallback_to_aws_sra_reserves_ten_times(world):
+    root, _, ep, _ = world
+    (res,), failed = resolve_all([Run("SRR3000003", "X", None)], ["ena", "aws"], ep)
+    size = (root / "srv/sra/SRR3000003/SRR3000003").stat().st_size
+    assert not failed and res.source == "aws" and res.needs_conversion and res.reserve_bytes == 10 * size
+
+
+def test_ncbi_sdl_picks_free_full_quality_file(world):
+    _, _, ep, _ = world
+    (res,), _ = resolve_all([Run("SRR3000005", "X", None)], ["ncbi"], ep)
+    assert res.files[0].uri == "https://ncbi/SRR3000005" and res.files[0].size == 1234 and res.reserve_bytes == 12340
+
+
+def test_unresolvable_and_unsafe_runs_fail_alone(world):
+    _, _, ep, _ = world
+    runs = [Run("SRR3000009", "X", None), Run("SRR3000004", "X", None), Run("SRR3000002", "X", None)]
+    resolved, failed = resolve_all(runs, ["ena", "aws"], ep)
+    assert [r.run.run for r in resolved] == ["SRR3000002"]
+    reasons = dict(failed)
+    assert "ena:" in reasons["SRR3000009"] and "aws:" in reasons["SRR3000009"]
+    assert "refusing file name" in reasons["SRR3000004"]
+
+
+def test_explicit_local_uris(world, tmp_path):
+    root, _, ep, paired = world
+    run = Run("lab1", "X", "paired", uris=tuple(str(p) for p in paired.files))
+    (res,), _ = resolve_all([run], ["ena"], ep)
+    assert res.source == "explicit" and [f.name for f in res.files] == ["lab1_1.fastq.gz", "lab1_2.fastq.gz"]
+    local = download_run(res, tmp_path)
+    assert local.layout == "paired" and local.expected_fragments == 300  # counted: nothing published
+
+
+def test_download_sra_converts_with_fasterq_dump(world, tmp_path):
+    _, _, ep, _ = world
+    (res,), _ = resolve_all([Run("SRR3000003", "X", "paired")], ["aws"], ep)
+    local = download_run(res, tmp_path, threads=1)
+    assert local.layout == "paired" and [p.name for p in local.files] == ["SRR3000003_1.fastq", "SRR3000003_2.fastq"]
+    assert not (tmp_path / "SRR3000003" / "SRR3000003.sra").exists() and local.expected_fragments == 200
+
+
+def test_truncated_fastq_detected(world, tmp_path):
+    _, _, _, paired = world
+    data = paired.files[0].read_bytes()
+    cut = tmp_path / "cut_1.fastq.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    assert count_fastq_records(paired.files[0]) == 300
+    with pytest.raises(TruncatedFastq, match="gzip stream ends early"):
+        count_fastq_records(cut)
+    plain = tmp_path / "p.fastq"
+    plain.write_text("@r\nACGT\n+\nFFFF\n@r2\nAC\n")
+    with pytest.raises(TruncatedFastq, match="whole number"):
+        count_fastq_records(plain)
+    with pytest.raises(TruncatedFastq, match="mates differ"):
+        other = tmp_path / "o.fastq"
+        other.write_text("@r\nACGT\n+\nFFFF\n")
+        verify_fastqs("paired", (paired.files[0], Path(other)))

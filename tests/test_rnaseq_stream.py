@@ -1,0 +1,139 @@
+"""The streaming scheduler with fake steps: budget, concurrency, no barrier, failure isolation."""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import threading
+import time
+
+import pytest
+
+from genoflows.rnaseq.stream import ByteBudget, Job, StreamScheduler
+
+
+class FakeDisk:
+    """Bytes 'on disk' per run: written as the download runs, removed by cleanup; tracks the maximum."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.used = self.max = 0
+        self.files: dict[str, int] = {}
+        self.active = {"download": 0, "quant": 0}
+        self.max_active = {"download": 0, "quant": 0}
+
+    def stage(self, kind: str, delta: int) -> None:
+        with self.lock:
+            self.active[kind] += delta
+            self.max_active[kind] = max(self.max_active[kind], self.active[kind])
+
+    def write(self, key: str, n: int) -> None:
+        with self.lock:
+            self.files[key] = self.files.get(key, 0) + n
+            self.used += n
+            self.max = max(self.max, self.used)
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.used -= self.files.pop(key, 0)
+
+
+def make(disk: FakeDisk, budget: int, *, fail_download=(), fail_quant=(), k=3, q=2, dl_time=0.02, q_time=0.01):
+    def download(job_payload):
+        key, size = job_payload
+        disk.stage("download", 1)
+        try:
+            for _ in range(4):
+                disk.write(key, size // 4)
+                time.sleep(dl_time * random.random())
+            if key in fail_download:
+                raise OSError(f"connection reset for {key}")
+            return f"local-{key}"
+        finally:
+            disk.stage("download", -1)
+
+    def quant(job_payload, local):
+        disk.stage("quant", 1)
+        try:
+            time.sleep(q_time)
+            if job_payload[0] in fail_quant:
+                raise RuntimeError("kallisto exited with code 1")
+            return {"run": job_payload[0], "local": local}
+        finally:
+            disk.stage("quant", -1)
+
+    return StreamScheduler(budget_bytes=budget, max_downloads=k, quant_workers=q, download=download, quant=quant,
+                           cleanup=lambda p: disk.delete(p[0]))  # fmt: skip
+
+
+def jobs(sizes):
+    return [Job(f"r{i:02d}", s, (f"r{i:02d}", s)) for i, s in enumerate(sizes)]
+
+
+def test_budget_and_concurrency_limits_hold():
+    random.seed(1)
+    disk = FakeDisk()
+    sizes = [random.randrange(100, 1000, 4) for _ in range(40)]
+    sched = make(disk, budget=2500, k=4, q=2)
+    report = sched.run(jobs(sizes))
+    assert len(report.done) == 40 and not report.failed
+    assert disk.max <= 2500 and report.reserved_high_water <= 2500
+    assert disk.max_active["download"] <= 4 and disk.max_active["quant"] <= 2
+    assert sched.budget.reserved == 0 and disk.used == 0  # everything released and deleted
+
+
+def test_no_batch_barrier_quant_starts_while_downloads_continue():
+    disk = FakeDisk()
+    report = make(disk, budget=10_000, k=2, q=1, dl_time=0.05).run(jobs([100] * 8))
+    first_quant = min(t for t, kind, _ in report.events if kind == "quant_started")
+    last_admit = max(t for t, kind, _ in report.events if kind == "admitted")
+    assert first_quant < last_admit  # the first run is quantified before the last one even starts downloading
+
+
+def test_freed_bytes_admit_the_next_run():
+    disk = FakeDisk()
+    report = make(disk, budget=1000, k=4, q=1).run(jobs([600, 600, 600]))  # only one fits at a time
+    kinds = [(kind, key) for _, kind, key in report.events if kind in ("admitted", "quantified")]
+    assert kinds == [("admitted", "r00"), ("quantified", "r00"), ("admitted", "r01"), ("quantified", "r01"),
+                     ("admitted", "r02"), ("quantified", "r02")]  # fmt: skip
+    assert disk.max <= 1000
+
+
+def test_failures_are_isolated_and_release_their_bytes():
+    disk = FakeDisk()
+    sched = make(disk, budget=1000, fail_download={"r01"}, fail_quant={"r02"})
+    report = sched.run(jobs([300, 300, 300, 300, 5000]))
+    assert set(report.done) == {"r00", "r03"}
+    assert report.failed["r01"].startswith("download: OSError: connection reset")
+    assert report.failed["r02"].startswith("quant: RuntimeError")
+    assert "whole budget is 1.0 kB; raise disk_budget" in report.failed["r04"]
+    assert sched.budget.reserved == 0 and disk.used == 0
+
+
+def test_largest_first_and_backfill():
+    disk = FakeDisk()
+    report = make(disk, budget=1000, k=1, q=1).run(jobs([100, 900, 200]))
+    admitted = [key for _, kind, key in report.events if kind == "admitted"]
+    assert admitted == ["r01", "r00", "r02"]  # 900 first; then 100 fits beside it while 200 must wait
+
+
+def test_context_is_carried_into_worker_threads():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("flow", default="none")
+    var.set("flow-run-1")
+    seen = []
+    sched = StreamScheduler(budget_bytes=10, max_downloads=2, quant_workers=1,
+                            download=lambda p: seen.append(var.get()), quant=lambda p, local: var.get(),
+                            cleanup=lambda p: None)  # fmt: skip
+    report = sched.run(jobs([1, 1]))
+    assert seen == ["flow-run-1"] * 2 and set(report.done.values()) == {"flow-run-1"}
+
+
+def test_byte_budget():
+    b = ByteBudget(10)
+    assert b.try_reserve(6) and not b.try_reserve(5) and b.try_reserve(4)
+    b.release(10)
+    assert b.reserved == 0 and b.high_water == 10
+    with pytest.raises(RuntimeError):
+        b.release(1)
+    with pytest.raises(ValueError):
+        ByteBudget(0)
