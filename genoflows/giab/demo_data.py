@@ -581,3 +581,22 @@ def upload_lab_files(client, bucket: str, prefix: str, lab_dir: Path) -> list[st
             client.upload_file(str(path), bucket, key)
             uris.append(f"s3://{bucket}/{key}")
     return uris
+
+
+def local_reference(world: DemoWorld, build: str, dest_dir: Path) -> Path:
+    """The world's reference for `build` as a plain FASTA with .fai (what ensure_references would produce)."""
+    src = world.mirror / world.reference_relpaths[build]
+    dest = Path(dest_dir) / src.name.removesuffix(".gz")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(src, "rb") as fin, open(dest, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        pysam.faidx(str(dest))
+    return dest
+
+
+def truth_paths(world: DemoWorld, hg: str, build: str) -> tuple[Path, Path]:
+    """(truth VCF, confident BED) of `hg` on `build` inside the mirror."""
+    t = small_truth(hg, build, "BASE")
+    assert t.bed is not None
+    return world.mirror / t.vcf.url.removeprefix("BASE/"), world.mirror / t.bed.url.removeprefix("BASE/")

@@ -29,6 +29,8 @@ SCALAR_KEYS = [
     "TP-base_FP-gt",
     "gt_concordance",
 ]
+COUNT_KEYS = {"TP-base", "TP-comp", "FP", "FN", "base cnt", "comp cnt", "TP-comp_TP-gt", "TP-comp_FP-gt",
+              "TP-base_TP-gt", "TP-base_FP-gt"}
 
 
 class TruvariSummaryError(ValueError):

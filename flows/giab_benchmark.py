@@ -1,0 +1,71 @@
+"""giab_benchmark: a lab's calls for a GIAB sample -> truth fetched and verified -> hap.py/local engine/truvari -> metrics.
+
+    from flows.giab_benchmark import giab_benchmark
+    giab_benchmark(sample_id="NA24143_Lib3_Rep1", source="s3://lab-bucket/run42")
+
+Outputs land in `<out_dir>/<sample_id>/`: the staged input, each engine's own files, `metrics.csv` (long format)
+and `provenance.jsonl`. Unknown samples without `truth`, and SV requests with no truth set, fail before any download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from genoflows.giab import catalogue
+from genoflows.giab.samples import find_genome, resolve_genome
+from genoflows.settings import get_settings
+from tasks.giab import benchmark_small, benchmark_sv, ensure_references, export, prepare_query, stage_query
+
+
+class TruthSet(BaseModel):
+    """Your own truth set, for samples that are not GIAB (or to override the GIAB release)."""
+
+    vcf: str = Field(description="URI of the truth VCF (bgzipped; `<vcf>.tbi` is used when present)")
+    bed: str | None = Field(None, description="URI of the confident-region BED; omit to count everywhere")
+
+
+def check_request(sample_id: str, build: str, variant_types: list[str], truth: TruthSet | None) -> str | None:
+    """Fail before any work: the GIAB genome of the sample (None with a custom truth), or a clear error."""
+    if not variant_types:
+        raise ValueError("variant_types is empty: choose 'small', 'sv' or both")
+    if truth is not None:
+        return find_genome(sample_id)
+    hg = resolve_genome(sample_id)
+    if "sv" in variant_types:
+        catalogue.sv_truth(hg, build, get_settings().giab_base_url)
+    return hg
+
+
+@flow(name="giab_benchmark", flow_run_name="{sample_id}", validate_parameters=True)
+def giab_benchmark(
+    sample_id: Annotated[str, Field(description="The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004)")],
+    source: Annotated[str, Field(description="s3://bucket/prefix or a local directory with the sample's VCF/gVCF")],
+    file: Annotated[str | None, Field(description="File name in `source` when several match the sample")] = None,
+    build: Literal["GRCh38", "GRCh37"] = "GRCh38",
+    variant_types: list[Literal["small", "sv"]] = ["small"],  # noqa: B006 - Prefect copies parameters per run
+    engine: Annotated[
+        Literal["auto", "happy", "bcftools"], Field(description="auto: hap.py when available, else the local engine")
+    ] = "auto",
+    truth: TruthSet | None = None,
+    out_dir: Annotated[Path | None, Field(description="Results root (default: <data_dir>/giab)")] = None,
+) -> Path:
+    """Benchmark one sample's calls against its truth set; returns the path of metrics.csv."""
+    hg = check_request(sample_id, build, list(variant_types), truth)
+    sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
+    refs = ensure_references(
+        build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None
+    )
+    small_result = sv_result = None
+    if "small" in variant_types:
+        staged = stage_query(source, sample_id, sample_dir / "input", "small", file)
+        query = prepare_query(staged, sample_id, sample_dir / "query")
+        small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
+    if "sv" in variant_types:
+        sv_file = file if variant_types == ["sv"] else None
+        staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file)
+        sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
+    return export(sample_id, hg or "custom", build, sample_dir, small_result, sv_result)

@@ -1,0 +1,70 @@
+"""Structural variants: `truvari bench` of the lab's SV calls against a truth set, ALL and PASS views.
+
+truvari refuses an existing output directory, so each run writes to a temporary directory that is renamed
+into place; a rerun replaces the previous result.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genoflows.giab.contigs import fasta_contigs, harmonise_bed, harmonise_vcf
+from genoflows.toolrun import run_tool
+from genoflows.tools import truvari
+
+Log = Callable[[str], None]
+ENGINE_NAME = "truvari"
+
+
+@dataclass
+class SvResult:
+    """truvari's scalar metrics per filter view and the directories holding its files."""
+
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    out_dirs: dict[str, Path] = field(default_factory=dict)
+
+
+def run_truvari(
+    truth_vcf: Path,
+    query_vcf: Path,
+    reference: Path | None,
+    out_dir: Path,
+    *,
+    include_bed: Path | None,
+    log: Log | None = None,
+    provenance_dir: Path | None = None,
+) -> SvResult:
+    """Bench `query_vcf` against `truth_vcf` twice: all calls (`truvari/`) and PASS calls only (`truvari-pass/`)."""
+    truvari.ensure_on_path()
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    if reference is not None:
+        contigs = fasta_contigs(reference)
+        kw = {"work_dir": work, "log": log, "provenance_dir": provenance_dir}
+        truth_vcf = harmonise_vcf(truth_vcf, contigs, label="sv-truth", **kw)
+        query_vcf = harmonise_vcf(query_vcf, contigs, label="sv-query", **kw)
+        if include_bed is not None:
+            include_bed = harmonise_bed(include_bed, contigs, label="sv-confident", work_dir=work, log=log)
+    result = SvResult()
+    for flt, passonly, name in (("ALL", False, "truvari"), ("PASS", True, "truvari-pass")):
+        final = out_dir / name
+        tmp = out_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        argv = truvari.bench_argv(
+            truth_vcf, query_vcf, tmp, reference=reference, includebed=include_bed, passonly=passonly
+        )
+        run_tool(argv, log=log, provenance_dir=provenance_dir)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        result.metrics[flt] = truvari.parse_summary(final / "summary.json")
+        result.out_dirs[flt] = final
+        if log:
+            m = result.metrics[flt]
+            log(
+                f"truvari {flt}: TP-base {m.get('TP-base'):.0f} FN {m.get('FN'):.0f} FP {m.get('FP'):.0f} "
+                f"recall {m.get('recall')} precision {m.get('precision')}"
+            )
+    return result

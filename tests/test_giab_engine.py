@@ -1,0 +1,142 @@
+"""The local small-variant engine on the constructed world: exact counts, contig fixes, bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pysam
+import pytest
+
+from genoflows.giab import demo_data
+from genoflows.giab.compare import ReferenceMismatch, compare_small
+from genoflows.giab.contigs import ContigMismatch
+from genoflows.giab.query import InputError, ensure_indexed, variant_sites
+from genoflows.tools.happy import COUNT_COLUMNS, parse_summary
+
+HG = "HG004"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> demo_data.DemoWorld:
+    return demo_data.build_world(tmp_path_factory.mktemp("giab-world"), samples={HG: "NA24143_Lib3_Rep1"})
+
+
+@pytest.fixture(scope="module")
+def query(world, tmp_path_factory) -> Path:
+    """The lab gVCF reduced to variant sites, as the flow's prepare step does."""
+    out = tmp_path_factory.mktemp("query")
+    return variant_sites(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", out / "q.vcf.gz", sample_id="NA24143_Lib3_Rep1")
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def assert_matches_expected(summary_csv: Path, expected: demo_data.Expected) -> None:
+    rows = {(r.type, r.filter): r.values for r in parse_summary(summary_csv)}
+    assert set(rows) == set(expected.counts)
+    for key, exp in expected.counts.items():
+        got = rows[key]
+        assert {c: got[c] for c in COUNT_COLUMNS} == {c: float(exp[c]) for c in COUNT_COLUMNS}, key
+        tp_q = exp["QUERY.TOTAL"] - exp["QUERY.FP"] - exp["QUERY.UNK"]
+        recall = exp["TRUTH.TP"] / (exp["TRUTH.TP"] + exp["TRUTH.FN"])
+        precision = tp_q / (tp_q + exp["QUERY.FP"])
+        assert got["METRIC.Recall"] == pytest.approx(recall)
+        assert got["METRIC.Precision"] == pytest.approx(precision)
+        assert got["METRIC.Frac_NA"] == pytest.approx(exp["QUERY.UNK"] / exp["QUERY.TOTAL"])
+        assert got["METRIC.F1_Score"] == pytest.approx(2 * recall * precision / (recall + precision))
+        for side in ("TRUTH", "QUERY"):
+            titv = _ratio(exp[f"{side}.TOTAL.ti"], exp[f"{side}.TOTAL.tv"]) if key[0] == "SNP" else None
+            assert got[f"{side}.TOTAL.TiTv_ratio"] == (pytest.approx(titv) if titv is not None else None), key
+            hethom = _ratio(exp[f"{side}.TOTAL.het"], exp[f"{side}.TOTAL.homalt"])
+            assert got[f"{side}.TOTAL.het_hom_ratio"] == pytest.approx(hethom), key
+
+
+def test_gvcf_becomes_variant_sites_without_reference_blocks(query, world):
+    with pysam.VariantFile(str(query)) as vf:
+        records = list(vf)
+    planted = world.genomes[HG].query
+    assert len(records) == len(planted)
+    assert all("<NON_REF>" not in rec.alts for rec in records)
+    assert {r.pos for r in records} == {r.pos for r in planted}
+
+
+def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, tmp_path):
+    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, cache_dir=tmp_path / "cache")
+    assert_matches_expected(res.summary_csv, world.genomes[HG].expected)
+    # Every planted error shows up in the per-record listing, classified.
+    details = res.details_tsv.read_text().splitlines()[1:]
+    mismatch = [ln.split("\t")[7] for ln in details if ln.split("\t")[5] == "QUERY"]
+    assert mismatch.count("gt") == 4 and mismatch.count("al") == 2
+    # The normalised truth is cached: a second comparison reuses it.
+    cached = list((tmp_path / "cache" / "giab-normalised").rglob("*.norm.vcf.gz"))
+    assert len(cached) == 1
+    log: list[str] = []
+    res2 = compare_small(truth, query, ref, tmp_path / "out2", confident_bed=bed, cache_dir=tmp_path / "cache", log=log.append)
+    assert any("using the normalised copy cached" in line for line in log)
+    assert res2.summary_csv.read_text() == res.summary_csv.read_text()
+
+
+def test_grch37_truth_against_a_chr_named_query_is_renamed_not_zeroed(world, query, tmp_path):
+    ref = demo_data.local_reference(world, "GRCh37", tmp_path / "ref")
+    truth, bed = demo_data.truth_paths(world, HG, "GRCh37")
+    log: list[str] = []
+    res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, log=log.append)
+    assert any("query" in line and "renaming chr1->1" in line for line in log)
+    assert_matches_expected(res.summary_csv, world.genomes[HG].expected)
+
+
+def test_query_contig_absent_from_the_reference_is_a_clear_error(world, tmp_path):
+    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    bad = tmp_path / "alt_contig.vcf"
+    bad.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chrUn_KI270302v1,length=2274>\n"
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS\n"
+        "chrUn_KI270302v1\t100\t.\tA\tG\t50\tPASS\t.\tGT\t0/1\n"
+    )
+    pysam.tabix_index(str(bad), preset="vcf")
+    with pytest.raises(ContigMismatch, match=r"alt_contig\.vcf\.gz.*chrUn_KI270302v1.*same genome build"):
+        compare_small(truth, Path(f"{bad}.gz"), ref, tmp_path / "out", confident_bed=bed)
+
+
+def test_query_on_another_reference_is_a_clear_error(world, query, tmp_path):
+    seqs = {name: seq[::-1] for name, seq in demo_data.make_reference().items()}  # same names, other bases
+    other = demo_data.write_fasta(seqs, tmp_path / "other.fa", "GRCh38")
+    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    with pytest.raises(ReferenceMismatch, match="REF alleles disagree with the reference"):
+        compare_small(truth, query, other, tmp_path / "out", confident_bed=bed)
+
+
+def _unsorted_copy(src: Path, dst: Path) -> Path:
+    with gzip.open(src, "rt") as fh:
+        lines = fh.readlines()
+    header = [ln for ln in lines if ln.startswith("#")]
+    body = [ln for ln in lines if not ln.startswith("#")]
+    body[0], body[5] = body[5], body[0]
+    with pysam.BGZFile(str(dst), "wb") as out:
+        out.write("".join(header + body).encode())
+    return dst
+
+
+def test_unsorted_input_names_the_file_and_the_fix(world, tmp_path):
+    bad = _unsorted_copy(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", tmp_path / "NA24143_unsorted.g.vcf.gz")
+    with pytest.raises(InputError, match=r"NA24143_unsorted\.g\.vcf\.gz is not sorted.*bcftools sort"):
+        ensure_indexed(bad)
+    assert not Path(f"{bad}.tbi").exists()
+
+
+def test_unindexed_sorted_input_is_indexed_and_plain_gzip_is_refused(world, tmp_path):
+    copy = tmp_path / "lab.g.vcf.gz"
+    shutil.copy(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", copy)
+    assert ensure_indexed(copy) == Path(f"{copy}.tbi") and Path(f"{copy}.tbi").exists()
+    plain = tmp_path / "plain.vcf.gz"
+    with gzip.open(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", "rb") as src, gzip.open(plain, "wb") as dst:
+        dst.write(src.read())
+    with pytest.raises(InputError, match=r"plain\.vcf\.gz is not BGZF-compressed.*bgzip"):
+        ensure_indexed(plain)
