@@ -106,7 +106,7 @@ def test_failures_are_isolated_and_release_their_bytes():
     assert set(report.done) == {"r00", "r03"}
     assert report.failed["r01"].startswith("download: OSError: connection reset")
     assert report.failed["r02"].startswith("quant: RuntimeError")
-    assert "whole budget is 1.0 kB; raise disk_budget" in report.failed["r04"]
+    assert "whole budget is 1.0 kB (1000 bytes); raise disk_budget" in report.failed["r04"]
     assert sched.budget.reserved == 0 and disk.used == 0
 
 

@@ -124,8 +124,9 @@ class StreamScheduler:
         pending: list[Job] = []
         for job in jobs:
             if job.need_bytes > self.budget.capacity:
-                self._fail(job, f"needs {human_bytes(job.need_bytes)} of disk but the whole budget is "
-                                f"{human_bytes(self.budget.capacity)}; raise disk_budget to run it")  # fmt: skip
+                self._fail(job, f"needs {human_bytes(job.need_bytes)} ({job.need_bytes} bytes) of disk but the whole "
+                                f"budget is {human_bytes(self.budget.capacity)} ({self.budget.capacity} bytes); "
+                                "raise disk_budget to run it")  # fmt: skip
             else:
                 pending.append(job)
         if self.largest_first:  # sizes are known up front: big runs first leaves small ones for the tail

@@ -1,0 +1,238 @@
+"""End to end: the Prefect flows with real kallisto against a local ENA-like server with faults.
+
+Covers paired/single runs, the ENA third file, an excluded run, a 404, a corrupt download (md5 after
+retries), a truncated FASTQ, a transient 503, a layout mismatch, a run bigger than the disk budget, an ENA
+gap filled by the AWS .sra + fasterq-dump, the disk budget sampled while running, merged tables, resume,
+kill-and-rerun in a subprocess, and the multi-species flow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from genoflows.rnaseq import simulate as sim
+from genoflows.rnaseq.stream import dir_bytes
+from genoflows.settings import get_settings
+from genoflows.testing.http_server import FileServer
+from genoflows.tools.kallisto import read_abundance
+
+pytestmark = pytest.mark.slow
+SPECIES = "Apis mellifera"
+BUDGET = 2_000_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_world(root: Path, server: FileServer, tx: dict[str, str], runs: dict[str, dict]) -> sim.EnaCatalog:
+    """Simulate `runs` (run -> options), publish them on `server` as ENA would, write metadata.tsv."""
+    host = server.base_url.split("://")[1]
+    cat = sim.EnaCatalog(server.root)
+    rows = []
+    for i, (run, o) in enumerate(runs.items()):
+        layout = o.get("files_layout", o.get("layout", "paired"))
+        s = sim.simulate_run(tx, root / "gen", run, layout=layout, n_fragments=o.get("n", 1500), seed=i)
+        if o.get("truncate"):  # the archive itself holds a cut file: md5 matches, reads are missing
+            data = s.files[0].read_bytes()
+            s.files[0].write_bytes(data[: len(data) // 2])
+        if o.get("sra"):
+            sim.make_sra(s, server.root / "sra" / run / run)
+            cat.add_empty(run)
+        else:
+            extra = sim.simulate_run(tx, root / "gen3", run, layout="single", n_fragments=50, seed=99)
+            cat.add(s, host=host, extra_unpaired=extra.files[0] if o.get("third") else None)
+        rows.append({"scientific_name": o.get("species", SPECIES), "run": run, "lib_layout": o.get("layout", "paired"),
+                     "exclusion": o.get("exclusion", "no"), "is_sampled": "yes", "nominal_length": "250",
+                     "total_spots": s.n_fragments})  # fmt: skip
+    server.add_route("/filereport", cat.filereport_handler())
+    sim.write_metadata(root / "metadata.tsv", rows)
+    return cat
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rnaseq_e2e")
+    (root / "srv").mkdir()
+    tx = sim.make_transcriptome(root / "transcripts.fa", n_genes=25, seed=5)
+    runs = {
+        "SRR5000001": {"third": True},
+        "SRR5000002": {"layout": "single"},
+        "SRR5000003": {"exclusion": "low_quality"},
+        "SRR5000004": {},  # 404
+        "SRR5000005": {},  # corrupt every time
+        "SRR5000006": {"truncate": True},
+        "SRR5000007": {"n": 3000},  # one 503, then fine
+        "SRR5000008": {"layout": "paired", "files_layout": "single"},
+        "SRR5000009": {"n": 40000},  # larger than the whole budget
+        "SRR5000010": {"sra": True, "n": 600},  # not on ENA: AWS .sra + fasterq-dump
+    }
+    saved = dict(os.environ)
+    with FileServer(root / "srv") as server:
+        build_world(root, server, tx, runs)
+        os.environ.update({"GENOFLOWS_ENA_BASE_URL": server.base_url,
+                           "GENOFLOWS_SRA_ODP_BASE_URL": f"{server.base_url}/sra",
+                           "GENOFLOWS_CACHE_DIR": str(root / "cache")})  # fmt: skip
+        get_settings.cache_clear()
+        yield root, server, tx
+    os.environ.clear()
+    os.environ.update(saved)
+    get_settings.cache_clear()
+
+
+def params(root: Path, out: str, **kw) -> dict:
+    return {"metadata": str(root / "metadata.tsv"), "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),
+            "out_dir": str(root / out), "disk_budget": BUDGET, "max_downloads": 3, "retry_delay_seconds": 0.05,
+            "sources": ["ena", "aws"], **kw}  # fmt: skip
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def finished(quant: Path) -> list[Path]:
+    """Completed run dirs (temp dirs of runs in progress start with a dot)."""
+    return [p.parent for p in quant.glob("*/run_info.json") if not p.parent.name.startswith(".")]
+
+
+class Sampler(threading.Thread):
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.max, self.n, self.stop = path, 0, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.max = max(self.max, dir_bytes(self.path))
+            self.n += 1
+            time.sleep(0.01)
+
+
+def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, server, _ = world
+    server.add_fault("SRR5000004_1", "404", times=2)
+    server.add_fault("SRR5000005_1", "corrupt", times=8)  # 4 attempts per flow run, two flow runs
+    server.add_fault("SRR5000007_2", "503", times=1)
+    sp = root / "out" / "Apis_mellifera"
+    (sp / "fastq").mkdir(parents=True)
+    sampler = Sampler(sp / "fastq")
+    sampler.start()
+    summary = rnaseq_quant(**params(root, "out"))
+    sampler.stop.set()
+    sampler.join()
+
+    done = {"SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"}
+    assert {p.name for p in (sp / "quant").iterdir()} == done
+    for run in done:
+        assert {p.name for p in (sp / "quant" / run).iterdir()} >= {"abundance.tsv", "run_info.json"}
+    failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
+    assert set(failed) == {"SRR5000004", "SRR5000005", "SRR5000006", "SRR5000009"}
+    assert "HTTP 404" in failed["SRR5000004"]
+    assert "md5" in failed["SRR5000005"]
+    assert "truncated" in failed["SRR5000006"]
+    assert "raise disk_budget" in failed["SRR5000009"]
+    assert not server.downloads("SRR5000003") and not server.downloads("SRR5000009")  # excluded / too big
+    assert len([r for r in server.downloads("SRR5000005_1")]) == 4  # retried, then given up
+    assert list((sp / "fastq").iterdir()) == []
+    assert sampler.n > 10 and 0 < sampler.max <= BUDGET
+    assert summary["disk_high_water_bytes"] <= BUDGET and summary["quantified"] == 5
+
+    # merged tables hold exactly the per-run numbers, joined on target_id
+    runs_in_order = ["SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"]
+    for col, name in ((0, "est_counts"), (1, "tpm")):
+        merged = read_tsv(sp / "merged" / f"Apis_mellifera_{name}.tsv")
+        assert list(merged[0])[1:] == runs_in_order
+        for run in runs_in_order:
+            per_run = read_abundance(sp / "quant" / run / "abundance.tsv")
+            assert {r["target_id"]: float(r[run]) for r in merged} == {t: v[col] for t, v in per_run.items()}
+    meta = {r["run"]: r for r in read_tsv(sp / "metadata.tsv")}
+    info = json.loads((sp / "quant" / "SRR5000001" / "run_info.json").read_text())
+    assert float(meta["SRR5000001"]["mapping_rate"]) == info["p_pseudoaligned"] and meta["SRR5000004"]["mapping_rate"] == ""
+    assert info["n_processed"] == 1500  # the third (unpaired) ENA file was not used
+
+    # rerun: completed runs are not touched, not even resolved; only failed ones are tried again
+    before = len(server.requests)
+    stamp = (sp / "quant" / "SRR5000001" / "abundance.tsv").stat()
+    summary2 = rnaseq_quant(**params(root, "out"))
+    new = server.requests[before:]
+    assert summary2["newly_quantified"] == 0 and summary2["failed"] == 4
+    assert not [r for r in new if any(run in r.path for run in done)]
+    assert (sp / "quant" / "SRR5000001" / "abundance.tsv").stat().st_mtime_ns == stamp.st_mtime_ns
+
+    # faults used up: the 404 and corrupt runs now succeed; the truncated and oversized stay failed
+    summary3 = rnaseq_quant(**params(root, "out"))
+    assert summary3["newly_quantified"] == 2 and summary3["quantified"] == 7
+    assert set(summary3["failures"]) == {"SRR5000006", "SRR5000009"}
+    assert {r["run"] for r in read_tsv(sp / "failed.tsv")} == {"SRR5000006", "SRR5000009"}
+    assert len(read_tsv(sp / "merged" / "Apis_mellifera_tpm.tsv")[0]) == 8  # target_id + 7 runs
+
+
+def test_kill_and_rerun_loses_nothing(prefect_harness, world, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, tx = world
+    (tmp_path / "srv").mkdir()
+    with FileServer(tmp_path / "srv", bandwidth_bytes_per_s=150_000) as slow:
+        build_world(tmp_path, slow, tx, {f"SRR600000{i}": {"n": 2500} for i in range(1, 5)})
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "GENOFLOWS_ENA_BASE_URL": slow.base_url,
+               "PYTHONPATH": str(REPO)}  # fmt: skip
+        p = params(tmp_path, "out", max_downloads=1, disk_budget=10**8, transcriptome=str(root / "transcripts.fa"))
+        code = f"from flows.rnaseq_quant import rnaseq_quant; rnaseq_quant(**{p!r})"
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "flow.log", "wb"))  # noqa: SIM115  # fmt: skip
+        quant = tmp_path / "out" / "Apis_mellifera" / "quant"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not finished(quant):
+                assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        first = finished(quant)
+        assert len(first) < 4, "the flow finished before it was killed"
+        assert any((tmp_path / "out" / "Apis_mellifera" / "fastq").iterdir())  # killed mid-download
+        stamps = {d.name: (d / "abundance.tsv").stat().st_mtime_ns for d in first}
+        before = len(slow.requests)
+        slow.bandwidth = None
+        get_settings.cache_clear()
+        os.environ["GENOFLOWS_ENA_BASE_URL"] = slow.base_url
+        try:
+            get_settings.cache_clear()
+            summary = rnaseq_quant(**p)
+        finally:
+            os.environ["GENOFLOWS_ENA_BASE_URL"] = world[1].base_url
+            get_settings.cache_clear()
+        assert summary["quantified"] == 4 and not summary["failures"]
+        assert {d.name: (d / "abundance.tsv").stat().st_mtime_ns for d in first} == stamps
+        assert not [r for r in slow.requests[before:] if any(run in r.path for run in stamps)]
+        assert list((tmp_path / "out" / "Apis_mellifera" / "fastq").iterdir()) == []
+
+
+def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
+    from flows.rnaseq_quant import rnaseq_multi_species
+
+    root, _, _ = world
+    cfg = tmp_path / "project.yaml"
+    cfg.write_text(
+        f"transcriptome: {root / 'transcripts.fa'}\nout_dir: multi\ndisk_budget: 5MB\nsources: [ena]\n"
+        "species:\n"
+        f"  - {{species: {SPECIES}, metadata: {root / 'metadata.tsv'}}}\n"
+        "  - {species: Vespa crabro, metadata: [SRR5000007, SRR5000002]}\n"
+    )
+    results = rnaseq_multi_species(configs=str(cfg))
+    assert set(results) == {SPECIES, "Vespa crabro"}
+    assert results["Vespa crabro"]["quantified"] == 2
+    vc = tmp_path / "multi" / "Vespa_crabro"
+    assert read_tsv(vc / "merged" / "Vespa_crabro_est_counts.tsv")[0].keys() == {"target_id", "SRR5000007", "SRR5000002"}
