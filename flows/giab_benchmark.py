@@ -52,20 +52,24 @@ def giab_benchmark(
     ] = "auto",
     truth: TruthSet | None = None,
     out_dir: Annotated[Path | None, Field(description="Results root (default: <data_dir>/giab)")] = None,
+    aws_credentials_block: Annotated[
+        str | None, Field(description="Name of a saved prefect-aws AwsCredentials block for s3:// URIs")
+    ] = None,
 ) -> Path:
     """Benchmark one sample's calls against its truth set; returns the path of metrics.csv."""
     hg = check_request(sample_id, build, list(variant_types), truth)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     refs = ensure_references(
-        build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None
+        build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
+        aws_credentials_block,
     )
     small_result = sv_result = None
     if "small" in variant_types:
-        staged = stage_query(source, sample_id, sample_dir / "input", "small", file)
+        staged = stage_query(source, sample_id, sample_dir / "input", "small", file, aws_credentials_block)
         query = prepare_query(staged, sample_id, sample_dir / "query")
         small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
     if "sv" in variant_types:
         sv_file = file if variant_types == ["sv"] else None
-        staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file)
+        staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block)
         sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
     return export(sample_id, hg or "custom", build, sample_dir, small_result, sv_result)

@@ -14,11 +14,13 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 
-from genoflows.fetch import s3_client
+from genoflows.fetch import PermanentFetchError, s3_client
 from genoflows.giab import catalogue, references, small, source, sv
-from genoflows.giab.query import ensure_indexed, variant_sites
+from genoflows.giab.query import InputError, ensure_indexed, variant_sites
 from genoflows.settings import get_settings
+from genoflows.toolrun import ToolError
 from genoflows.tools import happy, truvari
 from tasks.fetch import fetch_file
 from tasks.runtime import log_lines, run_logger
@@ -40,8 +42,25 @@ class ReferenceBundle:
     downloaded: list[str] = field(default_factory=list)
 
 
-def _fetcher(uri: str, dest: Path, md5: str | None = None, sha256: str | None = None):
-    return fetch_file(uri, dest, md5=md5, sha256=sha256)
+NOT_RETRYABLE = (PermanentFetchError, source.SourceError, InputError, ToolError, ValueError)
+
+
+def _retry_unless_permanent(task, task_run, state) -> bool:
+    """Retry listing hiccups (5xx, resets); never a missing/ambiguous input, a bad file or AccessDenied."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classified, not handled
+        return not isinstance(exc, NOT_RETRYABLE)
+    return False
+
+
+def _fetcher_with(aws_credentials_block: str | None):
+    """references.bring's download callable: the retrying fetch task, with the lab's S3 credentials if any."""
+
+    def fetcher(uri: str, dest: Path, md5: str | None = None, sha256: str | None = None):
+        return fetch_file(uri, dest, md5=md5, sha256=sha256, aws_credentials_block=aws_credentials_block)
+
+    return fetcher
 
 
 @task(cache_policy=NO_CACHE, task_run_name="ensure references {build}")
@@ -51,6 +70,7 @@ def ensure_references(
     variant_types: list[str],
     truth_vcf: str | None = None,
     truth_bed: str | None = None,
+    aws_credentials_block: str | None = None,
 ) -> ReferenceBundle:
     """Truth VCF/TBI/BED and the reference FASTA(+.fai) in the reference cache; a second run downloads nothing."""
     s = get_settings()
@@ -59,6 +79,7 @@ def ensure_references(
     prov = root / "provenance"
     fasta_remote = catalogue.reference_fasta(build, s.reference_fasta_urls)
     downloaded: list[str] = []
+    _fetcher = _fetcher_with(aws_credentials_block)
     fasta = references.fasta_ready(fasta_remote.relpath, root)
     if fasta is None:
         got = references.bring(fasta_remote, root, _fetcher, log=log)
@@ -83,10 +104,23 @@ def ensure_references(
     return bundle
 
 
-@task(cache_policy=NO_CACHE, task_run_name="stage {kind} input of {sample_id}")
-def stage_query(source_uri: str, sample_id: str, dest_dir: Path, kind: str = "small", file: str | None = None) -> Path:
+@task(
+    cache_policy=NO_CACHE,
+    task_run_name="stage {kind} input of {sample_id}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_condition_fn=_retry_unless_permanent,
+)
+def stage_query(
+    source_uri: str,
+    sample_id: str,
+    dest_dir: Path,
+    kind: str = "small",
+    file: str | None = None,
+    aws_credentials_block: str | None = None,
+) -> Path:
     """Find the sample's file in the source, bring it (and its index) next to the outputs, index if needed."""
-    client = s3_client() if source_uri.startswith("s3://") else None
+    client = s3_client(None, aws_credentials_block) if source_uri.startswith("s3://") else None
     found = source.find_input(source_uri, sample_id, kind=kind, file=file, s3_client=client)
     log = run_logger()
     log.info("%s input for %s: %s (%d bytes)%s", kind, sample_id, found.uri, found.size,
@@ -95,9 +129,9 @@ def stage_query(source_uri: str, sample_id: str, dest_dir: Path, kind: str = "sm
     if dest.exists() and dest.stat().st_size != found.size:  # the lab replaced the file: stage it again
         for stale in (dest, Path(f"{dest}.tbi"), Path(f"{dest}.csi")):
             stale.unlink(missing_ok=True)
-    fetch_file(found.uri, dest, size=found.size)
+    fetch_file(found.uri, dest, size=found.size, aws_credentials_block=aws_credentials_block)
     if found.index_uri and found.index_name:
-        fetch_file(found.index_uri, Path(dest_dir) / found.index_name)
+        fetch_file(found.index_uri, Path(dest_dir) / found.index_name, aws_credentials_block=aws_credentials_block)
     ensure_indexed(dest, log=log_lines(), provenance_dir=Path(dest_dir).parent)
     return dest
 

@@ -1,0 +1,232 @@
+"""giab_benchmark end to end: a GIAB-layout HTTP mirror (FileServer), the lab's files on moto S3, a Prefect API.
+
+These run real flows (real bcftools and truvari), so they share one world, one mirror server and one harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import boto3
+import pytest
+
+from genoflows.giab import catalogue, demo_data
+from genoflows.giab.checksums import MANIFEST_NAME
+from genoflows.settings import get_settings
+from genoflows.testing.http_server import FileServer
+from genoflows.testing.s3 import auth_enforced
+
+pytestmark = pytest.mark.slow
+HG4, HG2 = "HG004", "HG002"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> demo_data.DemoWorld:
+    return demo_data.build_world(tmp_path_factory.mktemp("giab-flow-world"))
+
+
+@pytest.fixture(scope="module")
+def mirror(world):
+    with FileServer(world.mirror) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lab_bucket(world, moto_endpoint) -> str:
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    demo_data.upload_lab_files(s3, "giab-lab", "runs/2024-06", world.lab)
+    return "s3://giab-lab/runs/2024-06"
+
+
+@pytest.fixture
+def env(settings_env, monkeypatch, mirror, moto_endpoint, world, tmp_path):
+    """Settings pointing at the mirror and moto; returns a helper that (re)reads them."""
+    monkeypatch.setenv("GENOFLOWS_GIAB_BASE_URL", mirror.base_url)
+    monkeypatch.setenv("GENOFLOWS_REFERENCE_FASTA_URLS", json.dumps(world.reference_urls(mirror.base_url)))
+    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    get_settings.cache_clear()
+    mirror.requests.clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """Keep fetch retries but shorten their backoff, so failing-for-good cases finish in seconds."""
+    import tasks.giab
+    from tasks.fetch import fetch_file
+
+    monkeypatch.setattr(tasks.giab, "fetch_file", fetch_file.with_options(retry_delay_seconds=0.2))
+
+
+def _flow_run(state):
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(state.state_details.flow_run_id)
+            tasks = await client.read_task_runs()
+            return run, [t for t in tasks if t.flow_run_id == run.id]
+
+    return asyncio.run(read())
+
+
+def _artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return asyncio.run(read())
+
+
+def _metrics(path: Path) -> dict[tuple[str, str, str, str], str]:
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["sample", "genome", "build", "engine", "type", "filter", "metric", "value"]
+    return {(r["engine"], r["type"], r["filter"], r["metric"]): r["value"] for r in rows}
+
+
+def _assert_small_metrics(metrics: dict, expected: demo_data.Expected, engine: str = "bcftools") -> None:
+    for (vtype, flt), exp in expected.counts.items():
+        for col in ("TRUTH.TOTAL", "TRUTH.TP", "TRUTH.FN", "QUERY.TOTAL", "QUERY.FP", "QUERY.UNK", "FP.gt", "FP.al"):
+            assert metrics[(engine, vtype, flt, col)] == str(exp[col]), (vtype, flt, col)
+
+
+def _run(**params):
+    from flows.giab_benchmark import giab_benchmark
+
+    return giab_benchmark(return_state=True, **params)
+
+
+def test_first_run_downloads_second_run_downloads_nothing(prefect_harness, env, world, mirror, lab_bucket, tmp_path):
+    sid = world.sample_id(HG4)
+    out = tmp_path / "results"
+    state = _run(sample_id=sid, source=lab_bucket, out_dir=out)
+    assert state.is_completed(), state
+    metrics_csv = state.result()
+    assert metrics_csv == out / sid / "metrics.csv"
+    _assert_small_metrics(_metrics(metrics_csv), world.genomes[HG4].expected)
+    got = {r.path.rsplit("/", 1)[-1] for r in mirror.downloads() if r.status in (200, 206)}
+    t = catalogue.small_truth(HG4, "GRCh38", "")
+    assert got >= {t.vcf.name, t.tbi.name, t.bed.name, "md5sum", demo_data.REFERENCE_NAMES["GRCh38"]}
+    manifest = json.loads((env.reference_dir / MANIFEST_NAME).read_text())
+    assert manifest[t.bed.relpath]["md5_source"].endswith("/md5sum")  # the published md5 was found and used
+    assert manifest[f"references/GRCh38/{demo_data.REFERENCE_NAMES['GRCh38']}"]["md5_source"] is None  # pinned
+    run, task_runs = _flow_run(state)
+    assert run.name == sid
+    assert {"ensure references GRCh38", f"stage small input of {sid}", "benchmark small variants (auto)"} <= {
+        t.name for t in task_runs
+    }
+    assert (out / sid / "bcftools" / "summary.csv").exists() and (out / sid / "provenance.jsonl").exists()
+    table = _artifact("giab-na24143-lib3-rep1-metrics")
+    assert table and "METRIC.Recall" in table[0].data
+    assert _artifact("giab-na24143-lib3-rep1-files")
+
+    before = len(mirror.requests)
+    again = _run(sample_id=sid, source=lab_bucket, out_dir=out)
+    assert again.is_completed(), again
+    assert len(mirror.requests) == before, mirror.requests[before:]  # not even a HEAD: all served from the cache
+    assert _metrics(again.result()) == _metrics(metrics_csv)
+
+
+def test_injected_faults_are_retried_and_the_run_succeeds(prefect_harness, env, world, mirror, lab_bucket, tmp_path):
+    t = catalogue.small_truth(HG4, "GRCh38", "")
+    mirror.add_fault(t.vcf.name, "corrupt")  # caught by the published md5, retried
+    mirror.add_fault(t.bed.name, "503")
+    mirror.add_fault(demo_data.REFERENCE_NAMES["GRCh38"], "drop")  # resumed with a Range request
+    state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out", engine="bcftools")
+    assert state.is_completed(), state
+    _assert_small_metrics(_metrics(state.result()), world.genomes[HG4].expected)
+    statuses = [r.status for r in mirror.requests]
+    assert 503 in statuses and any(r.range for r in mirror.requests)
+    assert not list(env.reference_dir.rglob("*.part"))
+
+
+def test_unknown_sample_fails_before_any_download(prefect_harness, env, mirror, lab_bucket, tmp_path):
+    state = _run(sample_id="NA99999_Lib1", source=lab_bucket, out_dir=tmp_path / "out")
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"not a Genome in a Bottle sample.*HG004 \(NA24143\).*`truth`"):
+        state.result()
+    assert mirror.requests == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_sv_for_a_genome_without_sv_truth_fails_before_any_download(prefect_harness, env, mirror, lab_bucket, tmp_path):
+    state = _run(sample_id="NA24143_x", source=lab_bucket, variant_types=["sv"], out_dir=tmp_path / "out")
+    with pytest.raises(catalogue.NoTruthSet, match="HG002 on GRCh37 only"):
+        state.result()
+    assert mirror.requests == []
+
+
+def test_ambiguous_replicates_fail_with_the_candidates(prefect_harness, env, world, tmp_path):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    for rep in ("Rep1", "Rep2"):
+        shutil.copy(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", lab / f"NA24143_Lib3_{rep}.g.vcf.gz")
+    state = _run(sample_id="NA24143_Lib3", source=str(lab), out_dir=tmp_path / "out")
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"2 candidate inputs.*NA24143_Lib3_Rep1\.g\.vcf\.gz, NA24143_Lib3_Rep2"):
+        state.result()
+
+
+def test_s3_access_denied_is_not_retried(prefect_harness, env, world, lab_bucket, moto_endpoint, tmp_path):
+    from prefect_aws import AwsCredentials
+
+    sid = world.sample_id(HG4)
+    with auth_enforced(moto_endpoint) as (key_id, secret):
+        AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1").save(
+            "giab-denied", overwrite=True
+        )
+        state = _run(sample_id=sid, source=lab_bucket, out_dir=tmp_path / "out", aws_credentials_block="giab-denied")
+    assert state.is_failed()
+    with pytest.raises(Exception, match="access denied"):
+        state.result()
+    _, task_runs = _flow_run(state)
+    stage = [t for t in task_runs if t.name.startswith("stage small input")]
+    assert len(stage) == 1 and stage[0].run_count == 1 and stage[0].state.is_failed()
+
+
+def test_checksum_mismatch_is_retried_then_fails_leaving_nothing(prefect_harness, env, world, lab_bucket, fast_retries,
+                                                                 monkeypatch, tmp_path):
+    bad_mirror = tmp_path / "mirror"
+    shutil.copytree(world.mirror, bad_mirror)
+    t = catalogue.small_truth(HG4, "GRCh38", "")
+    listing = bad_mirror / Path(t.bed.relpath).relative_to("giab").parent / "md5sum"
+    lines = [f"{'0' * 32}  {t.bed.name}" if ln.endswith(t.bed.name) else ln for ln in listing.read_text().splitlines()]
+    listing.write_text("\n".join(lines) + "\n")
+    assert f"{'0' * 32}  {t.bed.name}" in listing.read_text()
+    with FileServer(bad_mirror) as server:
+        monkeypatch.setenv("GENOFLOWS_GIAB_BASE_URL", server.base_url)
+        monkeypatch.setenv("GENOFLOWS_REFERENCE_FASTA_URLS", json.dumps(world.reference_urls(server.base_url)))
+        get_settings.cache_clear()
+        state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out")
+        bed_gets = [r for r in server.downloads(t.bed.name) if r.path.endswith(".bed")]
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"md5 .* != expected 0{32}"):
+        state.result()
+    assert len(bed_gets) == 5  # first try + 4 retries
+    bed = env.reference_dir / t.bed.relpath
+    assert not bed.exists() and not Path(f"{bed}.part").exists()
+    assert t.bed.relpath not in json.loads((env.reference_dir / MANIFEST_NAME).read_text())
+
+
+def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness, env, world, mirror, tmp_path):
+    sid = world.sample_id(HG2)
+    state = _run(sample_id=sid, source=str(world.lab), build="GRCh37", variant_types=["small", "sv"],
+                 out_dir=tmp_path / "out")
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    _assert_small_metrics(metrics, world.genomes[HG2].expected)  # chr-named lab calls renamed to GRCh37's 1, 2
+    for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
+        for key, value in expected.items():
+            assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
+    assert (tmp_path / "out" / sid / "truvari" / "summary.json").exists()
+    sv_truth = catalogue.sv_truth(HG2, "GRCh37", "")
+    assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
