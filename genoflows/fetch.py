@@ -7,13 +7,15 @@ One attempt per call; the Prefect task in `tasks/fetch.py` retries it. The rules
 - a body that fails its checksum is deleted, so the retry starts clean and nothing bad is ever kept;
 - errors are split into `TransientFetchError` (5xx, 429, resets, truncation, checksum: retry) and
   `PermanentFetchError` (4xx, AccessDenied, missing object, disk full: do not retry);
-- concurrent fetches of one destination (two flow runs needing the same reference) serialise on a file lock.
+- concurrent fetches of one destination (two flow runs needing the same reference) serialise on a file lock;
+- an S3 object re-uploaded under the same key (a corrected gVCF) is noticed by its ETag and fetched again.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,16 +68,17 @@ def fetch(
     """Fetch `uri` to `dest` unless `dest` already exists; verify; rename into place."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
-        if dest.exists():
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
+        scheme = urlparse(uri).scheme
+        if dest.exists() and not (scheme == "s3" and _s3_object_changed(uri, dest, s3_client)):
             return FetchResult(uri, dest, dest.stat().st_size, downloaded=False)
         part = dest.with_name(dest.name + ".part")
-        scheme = urlparse(uri).scheme
         try:
             if scheme in ("http", "https"):
                 _fetch_http(uri, part, size=size, progress=progress)
             elif scheme == "s3":
-                size = _fetch_s3(uri, part, size=size, progress=progress, client=s3_client)
+                size, etag = _fetch_s3(uri, part, size=size, progress=progress, client=s3_client)
+                _etag_record(dest).write_text(json.dumps({"uri": uri, "etag": etag}))
             elif scheme in ("", "file"):
                 _fetch_local(uri, part, progress=progress)
             else:
@@ -226,7 +229,28 @@ def classify_s3_error(uri: str, exc: Exception) -> FetchError:
     return TransientFetchError(f"{uri}: {type(exc).__name__}: {exc}; will retry")
 
 
-def _fetch_s3(uri: str, part: Path, *, size: int | None, progress: Progress | None, client) -> int:
+def _etag_record(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.s3.json"
+
+
+def _s3_object_changed(uri: str, dest: Path, client) -> bool:
+    """True when the cached copy came from a different version of the object (labs re-upload corrected
+    calls under the same key): one HEAD request, no download."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    record = _etag_record(dest)
+    if not record.exists():
+        return False
+    seen = json.loads(record.read_text())
+    bucket, key = split_s3_uri(uri)
+    try:
+        etag = (client or s3_client()).head_object(Bucket=bucket, Key=key).get("ETag", "").strip('"')
+    except (ClientError, BotoCoreError) as exc:
+        raise classify_s3_error(uri, exc) from exc
+    return seen.get("uri") != uri or seen.get("etag") != etag
+
+
+def _fetch_s3(uri: str, part: Path, *, size: int | None, progress: Progress | None, client) -> tuple[int, str]:
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -250,7 +274,7 @@ def _fetch_s3(uri: str, part: Path, *, size: int | None, progress: Progress | No
         client.download_file(bucket, key, str(part), Config=config, Callback=_cb)
         etag = head.get("ETag", "").strip('"')
         _verify_etag(uri, part, etag, client, bucket, key)
-        return total
+        return total, etag
     except (ClientError, BotoCoreError) as exc:
         part.unlink(missing_ok=True)
         raise classify_s3_error(uri, exc) from exc

@@ -134,3 +134,15 @@ def test_s3_access_denied_is_permanent(moto_endpoint, tmp_path):
         with pytest.raises(PermanentFetchError, match="access denied"):
             fetch("s3://lab-private/x.vcf.gz", tmp_path / "x.vcf.gz", s3_client=denied)
     assert not (tmp_path / "x.vcf.gz").exists() and not Path(str(tmp_path / "x.vcf.gz") + ".part").exists()
+
+
+def test_s3_reupload_under_same_key_is_fetched_again(moto_endpoint, tmp_path):
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-reupload")
+    s3.put_object(Bucket="lab-reupload", Key="s1.g.vcf.gz", Body=b"first calls")
+    dest = tmp_path / "s1.g.vcf.gz"
+    assert fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3).downloaded
+    assert not fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3).downloaded  # same object: cache hit
+    s3.put_object(Bucket="lab-reupload", Key="s1.g.vcf.gz", Body=b"corrected calls")
+    again = fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3)
+    assert again.downloaded and dest.read_bytes() == b"corrected calls"
