@@ -230,3 +230,20 @@ def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness
     assert (tmp_path / "out" / sid / "truvari" / "summary.json").exists()
     sv_truth = catalogue.sv_truth(HG2, "GRCh37", "")
     assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
+
+
+def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirror, tmp_path):
+    from flows.giab_benchmark import TruthSet
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    shutil.copy(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", lab / "LAB-0042.g.vcf.gz")  # no index: built on staging
+    t = catalogue.small_truth(HG4, "GRCh38", mirror.base_url)
+    state = _run(sample_id="LAB-0042", source=str(lab), truth=TruthSet(vcf=t.vcf.url, bed=t.bed.url),
+                 out_dir=tmp_path / "out")
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    _assert_small_metrics(metrics, world.genomes[HG4].expected)
+    with open(state.result()) as fh:
+        assert {r["genome"] for r in csv.DictReader(fh)} == {"custom"}
+    assert (tmp_path / "out" / "LAB-0042" / "input" / "LAB-0042.g.vcf.gz.tbi").exists()
