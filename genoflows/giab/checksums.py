@@ -58,7 +58,7 @@ class Manifest:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.path = self.root / MANIFEST_NAME
-        self._lock = FileLock(str(self.path) + ".lock")
+        self._lock = FileLock(str(self.root / f".{MANIFEST_NAME}.lock"))  # hidden, like fetch's locks
 
     def _read(self) -> dict[str, dict]:
         if not self.path.exists():

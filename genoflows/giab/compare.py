@@ -406,7 +406,7 @@ def prepare_side(
     if cache_dir is not None:
         dst = _cached_truth(vcf, reference, cache_dir)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{dst}.lock"):
+        with FileLock(str(dst.parent / f".{dst.name}.lock")):
             if dst.exists() and Path(f"{dst}.tbi").exists():
                 if log:
                     log(f"{label}: using the normalised copy cached at {dst}")

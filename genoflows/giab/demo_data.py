@@ -72,8 +72,8 @@ def write_fasta(seqs: dict[str, str], path: Path, build: str) -> Path:
         for n, s in seqs.items()
     )
     if str(path).endswith(".gz"):
-        with gzip.open(path, "wt") as fh:
-            fh.write(text)
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+            fh.write(text.encode())  # mtime=0: rebuilding the world gives the same bytes
     else:
         path.write_text(text)
         pysam.faidx(str(path))

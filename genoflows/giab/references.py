@@ -134,7 +134,7 @@ def bring_truth(
     except PermanentFetchError as exc:
         if log:
             log(f"no index for {vcf.name} on the mirror ({exc}); indexing it locally")
-        with FileLock(f"{vcf}.tbi.lock"):
+        with FileLock(str(vcf.parent / f".{vcf.name}.tbi.lock")):
             if not Path(f"{vcf}.tbi").exists():
                 run_tool(bcftools.index_argv(vcf), log=log, provenance_dir=provenance_dir)
     bed = None
@@ -152,7 +152,7 @@ def indexed_fasta(path: Path, *, log: Log | None = None) -> Path:
     else:
         target = path.with_name(path.name.removesuffix(".gz"))
     fai = Path(f"{target}.fai")
-    with FileLock(f"{target}.prepare.lock"):
+    with FileLock(str(target.parent / f".{target.name}.prepare.lock")):
         if target.exists() and fai.exists():
             return target
         if target != path:
