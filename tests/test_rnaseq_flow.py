@@ -236,3 +236,18 @@ def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
     assert results["Vespa crabro"]["quantified"] == 2
     vc = tmp_path / "multi" / "Vespa_crabro"
     assert read_tsv(vc / "merged" / "Vespa_crabro_est_counts.tsv")[0].keys() == {"target_id", "SRR5000007", "SRR5000002"}
+
+
+def test_bad_inputs_fail_the_flow_with_a_clear_message(prefect_harness, world, tmp_path):
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, _ = world
+    meta = tmp_path / "bad.tsv"
+    meta.write_text("run\tlib_layout\nSRR5000001\tpaired\n")
+    state = rnaseq_quant(**params(root, str(tmp_path / "o1"), metadata=str(meta)), return_state=True)
+    assert state.is_failed() and "required column(s) missing: scientific_name" in state.message
+    fasta = tmp_path / "bad.fa"
+    fasta.write_text("this is not a fasta\n")
+    state = rnaseq_quant(**params(root, str(tmp_path / "o2"), transcriptome=str(fasta)), return_state=True)
+    assert state.is_failed() and "not a FASTA file" in state.message
+    assert not list((tmp_path / "o2" / "Apis_mellifera" / "quant").iterdir())

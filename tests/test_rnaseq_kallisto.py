@@ -102,3 +102,30 @@ def test_quantify_checks_and_merge(tmp_path):
     (dirs.quant_dir("SRR4000002") / "abundance.tsv").write_text("target_id\tlength\teff_length\test_counts\ttpm\nzz\t1\t1\t1\t1\n")
     with pytest.raises(MergeError, match="target set differs"):
         merge_species(dirs, "Sp", table, ["SRR4000001", "SRR4000002"])
+
+
+def _fake_quant(dirs: SpeciesDirs, run: str, rows: list[tuple[str, float, float]], rate: float) -> None:
+    d = dirs.quant_dir(run)
+    d.mkdir(parents=True)
+    body = "".join(f"{t}\t100\t80\t{c!r}\t{tpm!r}\n" for t, c, tpm in rows)
+    (d / "abundance.tsv").write_text("target_id\tlength\teff_length\test_counts\ttpm\n" + body)
+    (d / "run_info.json").write_text(
+        f'{{"n_targets": {len(rows)}, "n_processed": 10, "n_pseudoaligned": 9, "p_pseudoaligned": {rate}}}'
+    )
+
+
+def test_merge_joins_on_target_id_and_reuses_current_tables(tmp_path):
+    dirs = SpeciesDirs(tmp_path / "Sp")
+    dirs.prepare()
+    _fake_quant(dirs, "A", [("t1", 1.5, 10.0), ("t2", 2.0, 20.0), ("t3", 0.0, 0.0)], 90.0)
+    _fake_quant(dirs, "B", [("t3", 3.25, 30.0), ("t1", 1e-05, 1.0), ("t2", 7.0, 70.0)], 80.5)
+    table = RunTable(runs=[], rows=[{"run": "A"}, {"run": "B"}, {"run": "C"}], columns=["run"])
+    m = merge_species(dirs, "Sp", table, ["A", "B", "C"])
+    rows = [line.split("\t") for line in m.est_counts.read_text().splitlines()]
+    assert rows == [["target_id", "A", "B"], ["t1", "1.5", "1e-05"], ["t2", "2.0", "7.0"], ["t3", "0.0", "3.25"]]
+    assert [line.split("\t")[1] for line in m.metadata.read_text().splitlines()] == ["mapping_rate", "90.0", "80.5", ""]
+    again = merge_species(dirs, "Sp", table, ["A", "B", "C"])
+    assert again.reused and again.n_targets == 3
+    _fake_quant(dirs, "C", [("t1", 1.0, 1.0), ("t1", 1.0, 1.0), ("t3", 1.0, 1.0)], 50.0)
+    with pytest.raises(MergeError, match="duplicated target ids"):
+        merge_species(dirs, "Sp", table, ["A", "B", "C"])
