@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from filelock import FileLock, Timeout
 from prefect import flow
-from pydantic import ByteSize
+from pydantic import ByteSize, Field
 
 from genoflows.rnaseq.config import ConfigError, SpeciesConfig, load_configs
 from genoflows.rnaseq.metadata import load_runs, species_dirname
@@ -23,6 +23,7 @@ from tasks import rnaseq as t
 from tasks.runtime import run_logger
 
 Source = Literal["ena", "aws", "ncbi"]
+Positive = Annotated[int, Field(ge=1, le=256)]
 
 
 @flow(name="rnaseq-quant", log_prints=True)
@@ -31,8 +32,8 @@ def rnaseq_quant(
     species: str,
     transcriptome: str,
     out_dir: str = "data/rnaseq",
-    threads: int = 2,
-    max_downloads: int = 4,
+    threads: Positive = 2,
+    max_downloads: Positive = 4,
     disk_budget: ByteSize = ByteSize(40 * 10**9),  # noqa: B008 - pydantic parses "40GB"/"500MB"/int
     sources: list[Source] = ["ena", "aws"],  # noqa: B006 - Prefect parameters are copied per run
     engine: Literal["kallisto"] = "kallisto",
