@@ -10,7 +10,7 @@ and `provenance.jsonl`. Unknown samples without `truth`, and SV requests with no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field
@@ -42,21 +42,29 @@ def check_request(sample_id: str, build: str, variant_types: list[str], truth: T
 
 @flow(name="giab_benchmark", flow_run_name="{sample_id}", validate_parameters=True)
 def giab_benchmark(
-    sample_id: Annotated[str, Field(description="The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004)")],
-    source: Annotated[str, Field(description="s3://bucket/prefix or a local directory with the sample's VCF/gVCF")],
-    file: Annotated[str | None, Field(description="File name in `source` when several match the sample")] = None,
+    sample_id: str,
+    source: str,
+    file: str | None = None,
     build: Literal["GRCh38", "GRCh37"] = "GRCh38",
     variant_types: list[Literal["small", "sv"]] = ["small"],  # noqa: B006 - Prefect copies parameters per run
-    engine: Annotated[
-        Literal["auto", "happy", "bcftools"], Field(description="auto: hap.py when available, else the local engine")
-    ] = "auto",
+    engine: Literal["auto", "happy", "bcftools"] = "auto",
     truth: TruthSet | None = None,
-    out_dir: Annotated[Path | None, Field(description="Results root (default: <data_dir>/giab)")] = None,
-    aws_credentials_block: Annotated[
-        str | None, Field(description="Name of a saved prefect-aws AwsCredentials block for s3:// URIs")
-    ] = None,
+    out_dir: Path | None = None,
+    aws_credentials_block: str | None = None,
 ) -> Path:
-    """Benchmark one sample's calls against its truth set; returns the path of metrics.csv."""
+    """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
+
+    Args:
+        sample_id: The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004); NA and HG ids, any suffix.
+        source: s3://bucket/prefix or a local directory holding the sample's VCF/gVCF (+ index).
+        file: File name in `source` to use when several files match the sample.
+        build: Genome build of the calls and of the truth set.
+        variant_types: small (hap.py or the local engine) and/or sv (truvari; GIAB has HG002 GRCh37 only).
+        engine: auto = hap.py when on PATH or configured as an image, else the local bcftools engine.
+        truth: Your own truth VCF + BED (URIs), for samples that are not GIAB.
+        out_dir: Results root; the run writes to <out_dir>/<sample_id>/ (default <data_dir>/giab).
+        aws_credentials_block: Name of a saved prefect-aws AwsCredentials block for s3:// URIs.
+    """
     hg = check_request(sample_id, build, list(variant_types), truth)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     refs = ensure_references(

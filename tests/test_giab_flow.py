@@ -247,3 +247,38 @@ def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirro
     with open(state.result()) as fh:
         assert {r["genome"] for r in csv.DictReader(fh)} == {"custom"}
     assert (tmp_path / "out" / "LAB-0042" / "input" / "LAB-0042.g.vcf.gz.tbi").exists()
+
+
+def test_parameters_render_as_a_form():
+    from flows.giab_benchmark import giab_benchmark
+
+    schema = giab_benchmark.parameters.model_dump()
+    props = schema["properties"]
+    assert schema["required"] == ["sample_id", "source"]
+    assert props["build"]["enum"] == ["GRCh38", "GRCh37"] and props["build"]["default"] == "GRCh38"
+    assert props["engine"]["enum"] == ["auto", "happy", "bcftools"]
+    assert props["variant_types"]["items"]["enum"] == ["small", "sv"]
+    assert "NA24143_Lib3_Rep1" in props["sample_id"]["description"]
+    assert set(schema["definitions"]["TruthSet"]["properties"]) == {"vcf", "bed"}
+
+
+def test_auto_engine_uses_happy_when_it_is_on_path(prefect_harness, env, world, lab_bucket, monkeypatch, tmp_path):
+    import os
+
+    from genoflows.toolrun import _version_of
+    from tests.test_giab_tools import _fake_happy
+
+    script = _fake_happy(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    _version_of.cache_clear()
+    try:
+        state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out")
+    finally:
+        _version_of.cache_clear()
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "44"  # the fake's summary, read by header name
+    assert not any(engine == "bcftools" for engine, *_ in metrics)
+    sample_dir = tmp_path / "out" / world.sample_id(HG4)
+    assert (sample_dir / "happy" / "happy.summary.csv").exists()
+    assert '"tool": "hap.py"' in (sample_dir / "provenance.jsonl").read_text()
