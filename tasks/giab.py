@@ -186,24 +186,37 @@ def metrics_rows(
     return rows
 
 
-def _format_value(metric: str, value: float | None) -> str:
+def _typed(metric: str, value: float | None) -> int | float | None:
+    """Counts as integers, everything else as floats; None stays None (an undefined metric)."""
     if value is None:
-        return ""
-    if metric in happy.COUNT_COLUMNS or metric in truvari.COUNT_KEYS:
-        return str(int(value))
-    return repr(float(value))
+        return None
+    return int(value) if metric in happy.COUNT_COLUMNS or metric in truvari.COUNT_KEYS else float(value)
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> Path:
-    """metrics.csv (temp name, then rename); counts as integers, empty where a metric is undefined."""
+    """metrics.csv (temp name, then rename); empty cells where a metric is undefined."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "value": _format_value(row["metric"], row["value"])})
+            value = _typed(row["metric"], row["value"])
+            writer.writerow({**row, "value": "" if value is None else repr(value)})
     tmp.replace(path)
     return path
+
+
+def headline_table(rows: list[dict]) -> list[dict]:
+    """One row per (engine, type, filter) with the headline metrics, for the table artifact."""
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        if r["metric"] not in HEADLINE["sv" if r["type"] == "SV" else "small"]:
+            continue
+        key = (r["engine"], r["type"], r["filter"])
+        value = _typed(r["metric"], r["value"])
+        entry = table.setdefault(key, {"engine": key[0], "type": key[1], "filter": key[2]})
+        entry[r["metric"]] = "" if value is None else round(value, 4) if isinstance(value, float) else value
+    return list(table.values())
 
 
 def _slug(text: str) -> str:
@@ -223,21 +236,10 @@ def export(
     out_dir = Path(out_dir)
     rows = metrics_rows(sample_id, genome, build, small_result, sv_result)
     metrics_csv = write_metrics_csv(rows, out_dir / "metrics.csv")
-    headline = []
-    for r in rows:
-        kind = "sv" if r["type"] == "SV" else "small"
-        if r["metric"] in HEADLINE[kind]:
-            headline.append(r)
-    table: dict[tuple, dict] = {}
-    for r in headline:
-        key = (r["engine"], r["type"], r["filter"])
-        table.setdefault(key, {"engine": key[0], "type": key[1], "filter": key[2]})
-        value = r["value"]
-        table[key][r["metric"]] = "" if value is None else (round(value, 4) if isinstance(value, float) else value)
     slug = _slug(sample_id)
     create_table_artifact(
         key=f"giab-{slug}-metrics",
-        table=list(table.values()),
+        table=headline_table(rows),
         description=f"GIAB benchmark of {sample_id} ({genome}, {build}): headline metrics",
     )
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and "work" not in p.relative_to(out_dir).parts
