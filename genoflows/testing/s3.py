@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,9 +40,8 @@ def auth_enforced(endpoint: str) -> Iterator[tuple[str, str]]:
     import httpx
 
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-    user = "genoflows-no-permissions"
-    if user not in {u["UserName"] for u in iam.list_users()["Users"]}:
-        iam.create_user(UserName=user)
+    user = f"genoflows-no-permissions-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
     key = iam.create_access_key(UserName=user)["AccessKey"]
     httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
     try:
