@@ -52,7 +52,7 @@ def rnaseq_quant(
     except Timeout as exc:
         raise RuntimeError(f"another flow run is working on {dirs.root}; wait for it or use another out_dir") from exc
     with lock:
-        meta = metadata if isinstance(metadata, list) else t.local_input(metadata, dirs.root / ".inputs")
+        meta = metadata if isinstance(metadata, list) else t.local_input(metadata, dirs.root / ".inputs", refresh=True)
         table = load_runs(meta, species)
         if stale := dirs.prepare():
             logger.warning("removed %d leftovers of an interrupted run: %s", len(stale), stale[:5])

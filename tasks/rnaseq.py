@@ -63,8 +63,8 @@ def _retry_condition(task, task_run, state) -> bool:
     return False
 
 
-def local_input(uri: str, dest_dir: Path) -> Path:
-    """A local path as is; a URI fetched once into `dest_dir/<hash>/<name>` (validated name)."""
+def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
+    """A local path as is; a URI fetched into `dest_dir/<hash>/<name>` (validated name), once unless `refresh`."""
     if "://" not in uri or uri.startswith("file://"):
         path = Path(urlparse(uri).path if uri.startswith("file://") else uri)
         if not path.is_file():
@@ -74,6 +74,8 @@ def local_input(uri: str, dest_dir: Path) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
         name = "input"
     dest = dest_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+    if refresh:  # a run table can change between flow runs; a transcriptome URI is taken as immutable
+        dest.unlink(missing_ok=True)
     return fetch(uri, dest).path
 
 

@@ -223,12 +223,15 @@ def test_kill_and_rerun_loses_nothing(prefect_harness, world, tmp_path):
 def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
     from flows.rnaseq_quant import rnaseq_multi_species
 
-    root, _, _ = world
+    root, server, _ = world
+    (root / "srv" / "inputs").mkdir(exist_ok=True)
+    for name in ("transcripts.fa", "metadata.tsv"):  # inputs by URL this time
+        (root / "srv" / "inputs" / name).write_bytes((root / name).read_bytes())
     cfg = tmp_path / "project.yaml"
     cfg.write_text(
-        f"transcriptome: {root / 'transcripts.fa'}\nout_dir: multi\ndisk_budget: 5MB\nsources: [ena]\n"
+        f"transcriptome: {server.url('inputs/transcripts.fa')}\nout_dir: multi\ndisk_budget: 5MB\nsources: [ena]\n"
         "species:\n"
-        f"  - {{species: {SPECIES}, metadata: {root / 'metadata.tsv'}}}\n"
+        f"  - {{species: {SPECIES}, metadata: '{server.url('inputs/metadata.tsv')}'}}\n"
         "  - {species: Vespa crabro, metadata: [SRR5000007, SRR5000002]}\n"
     )
     results = rnaseq_multi_species(configs=str(cfg))

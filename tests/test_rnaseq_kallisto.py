@@ -104,13 +104,14 @@ def test_quantify_checks_and_merge(tmp_path):
         merge_species(dirs, "Sp", table, ["SRR4000001", "SRR4000002"])
 
 
-def _fake_quant(dirs: SpeciesDirs, run: str, rows: list[tuple[str, float, float]], rate: float) -> None:
+def _fake_quant(dirs: SpeciesDirs, run: str, rows: list[tuple[str, float, float]], rate: float, key: str = "k1") -> None:
     d = dirs.quant_dir(run)
     d.mkdir(parents=True)
     body = "".join(f"{t}\t100\t80\t{c!r}\t{tpm!r}\n" for t, c, tpm in rows)
     (d / "abundance.tsv").write_text("target_id\tlength\teff_length\test_counts\ttpm\n" + body)
     (d / "run_info.json").write_text(
-        f'{{"n_targets": {len(rows)}, "n_processed": 10, "n_pseudoaligned": 9, "p_pseudoaligned": {rate}}}'
+        f'{{"n_targets": {len(rows)}, "n_processed": 10, "n_pseudoaligned": 9, "p_pseudoaligned": {rate}, '
+        f'"call": "kallisto quant -i /cache/kallisto/{key}/transcripts.idx -o x a.fq"}}'
     )
 
 
@@ -129,3 +130,13 @@ def test_merge_joins_on_target_id_and_reuses_current_tables(tmp_path):
     _fake_quant(dirs, "C", [("t1", 1.0, 1.0), ("t1", 1.0, 1.0), ("t3", 1.0, 1.0)], 50.0)
     with pytest.raises(MergeError, match="duplicated target ids"):
         merge_species(dirs, "Sp", table, ["A", "B", "C"])
+
+
+def test_merge_refuses_runs_from_different_indices(tmp_path):
+    dirs = SpeciesDirs(tmp_path / "Sp")
+    dirs.prepare()
+    _fake_quant(dirs, "A", [("t1", 1.0, 1.0)], 90.0, key="abc-k31-kallisto0.48.0")
+    _fake_quant(dirs, "B", [("t1", 2.0, 2.0)], 90.0, key="def-k31-kallisto0.50.1")
+    table = RunTable(runs=[], rows=[{"run": "A"}, {"run": "B"}], columns=["run"])
+    with pytest.raises(MergeError, match="different kallisto indices"):
+        merge_species(dirs, "Sp", table, ["A", "B"])

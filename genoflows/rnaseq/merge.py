@@ -18,7 +18,7 @@ import pandas as pd
 
 from genoflows.rnaseq.metadata import RunTable, write_tsv
 from genoflows.rnaseq.stages import SpeciesDirs
-from genoflows.tools.kallisto import parse_run_info
+from genoflows.tools.kallisto import RunInfo, parse_run_info
 
 KINDS = ("est_counts", "tpm")
 
@@ -67,14 +67,33 @@ def merge_species(dirs: SpeciesDirs, species: str, table: RunTable, runs: Sequen
     """Write merged/<species>_{est_counts,tpm}.tsv for the complete `runs`, and metadata.tsv + mapping_rate."""
     done = [r for r in runs if dirs.is_complete(r)]
     paths = merged_paths(dirs, species)
+    infos = {r: parse_run_info(dirs.quant_dir(r) / "run_info.json") for r in done}
+    check_same_index(infos)
     reused = is_current(dirs, species, done)
     n_targets = _count_rows(paths["tpm"]) if reused and done else 0 if reused else _write_tables(dirs, done, paths)
-    rates = {r: parse_run_info(dirs.quant_dir(r) / "run_info.json").p_pseudoaligned for r in done}
+    rates = {r: info.p_pseudoaligned for r, info in infos.items()}
     cols = list(table.columns) + (["mapping_rate"] if "mapping_rate" not in table.columns else [])
     meta_rows = [{**row, "mapping_rate": rates.get(row.get("run", ""), "")} for row in table.rows]
     write_tsv(dirs.root / "metadata.tsv", cols, meta_rows)
     return MergeResult(done, n_targets, paths["est_counts"] if done else None, paths["tpm"] if done else None,
                        dirs.root / "metadata.tsv", reused)  # fmt: skip
+
+
+def check_same_index(infos: dict[str, RunInfo]) -> None:
+    """Runs quantified against different indices (the transcriptome or kallisto changed) must not be merged.
+
+    The index's cache directory name is its key (FASTA hash + kallisto version), so a moved cache still matches.
+    """
+    keys: dict[str, list[str]] = {}
+    for run, info in infos.items():
+        if info.index:
+            keys.setdefault(Path(info.index).parent.name, []).append(run)
+    if len(keys) > 1:
+        groups = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in keys.items())
+        raise MergeError(
+            f"runs were quantified with different kallisto indices ({groups}); delete quant/<run> of the runs "
+            "made with the old transcriptome or kallisto and rerun"
+        )
 
 
 def _count_rows(path: Path) -> int:

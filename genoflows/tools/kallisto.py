@@ -44,6 +44,7 @@ class RunInfo:
     p_pseudoaligned: float
     kallisto_version: str
     index_version: int | None
+    index: str | None = None  # the -i argument of the call, for checking runs share one index
 
 
 def single_end_fragment(nominal_length: int | None, sd: float | None = None) -> tuple[float, float]:
@@ -163,9 +164,18 @@ def parse_run_info(path: Path) -> RunInfo:
             p_pseudoaligned=float(d["p_pseudoaligned"]),
             kallisto_version=str(d.get("kallisto_version", "")),
             index_version=d.get("index_version"),
+            index=_index_arg(str(d.get("call", ""))),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise QuantCheckError(f"{path}: unreadable kallisto run_info.json ({exc})") from exc
+
+
+def _index_arg(call: str) -> str | None:
+    parts = call.split()
+    for flag in ("-i", "--index"):
+        if flag in parts[:-1]:
+            return parts[parts.index(flag) + 1]
+    return None
 
 
 def read_abundance(path: Path) -> dict[str, tuple[float, float]]:
