@@ -140,6 +140,8 @@ def ensure_index(
     dest_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest_dir) + ".lock"):
         if not index.exists():
+            for stale in dest_dir.glob(".build-*"):  # a builder killed mid-way (we hold the lock now)
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest_dir))
             try:
                 run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=log, provenance_dir=provenance_dir)
