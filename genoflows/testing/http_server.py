@@ -31,6 +31,17 @@ class LoggedRequest:
     range: str | None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients that hang up (and our own injected drops) are part of the job, not errors to print."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class FileServer:
     """Serve `root` over HTTP on 127.0.0.1; use as a context manager or call start()/stop()."""
 
@@ -41,8 +52,7 @@ class FileServer:
         self._faults: dict[str, deque[str]] = defaultdict(deque)
         self._routes: dict[str, RouteHandler] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     @property
