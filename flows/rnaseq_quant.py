@@ -91,7 +91,10 @@ def rnaseq_quant(
         }
         t.publish_summary(sp, summary, progress.rows)
         logger.info("summary: %s", summary)
-        return {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures}
+        leftovers = report.cleanup_failed if report else {}
+        if leftovers:
+            logger.error("could not delete the FASTQs of %s (still on disk, still in the budget)", leftovers)
+        return {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures, "not_deleted": leftovers}
 
 
 @flow(name="rnaseq-multi-species", log_prints=True)

@@ -137,3 +137,18 @@ def test_byte_budget():
         b.release(1)
     with pytest.raises(ValueError):
         ByteBudget(0)
+
+
+def test_undeletable_files_keep_their_bytes_and_the_rest_fails_clearly():
+    def cleanup(p):
+        if p == "r00":
+            raise PermissionError("read-only file system")
+
+    def broken_progress(kind, key, info):
+        raise RuntimeError("artifact API down")
+
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=2, quant_workers=1, download=lambda p: p,
+                            quant=lambda p, local: "ok", cleanup=cleanup, on_event=broken_progress)  # fmt: skip
+    report = sched.run([Job("r00", 800, "r00"), Job("r01", 500, "r01")])
+    assert report.done == {"r00": "ok"} and "PermissionError" in report.cleanup_failed["r00"]
+    assert "disk budget exhausted" in report.failed["r01"] and sched.budget.reserved == 800

@@ -14,6 +14,7 @@ context (what Prefect's ThreadPoolTaskRunner does), so tasks called there belong
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 def human_bytes(n: float) -> str:
@@ -70,6 +73,7 @@ class Job:
 class StreamReport:
     done: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    cleanup_failed: dict[str, str] = field(default_factory=dict)  # quantified, but files left on disk
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, key) for tests/benchmarks
     reserved_high_water: int = 0
     wall_seconds: float = 0.0
@@ -106,18 +110,24 @@ class StreamScheduler:
     def _event(self, kind: str, key: str, info: Any = None) -> None:
         self.report.events.append((time.monotonic() - self._t0, kind, key))
         if self._on_event is not None:
-            self._on_event(kind, key, info)
+            try:
+                self._on_event(kind, key, info)
+            except Exception:  # noqa: BLE001 - a progress display must never stop the pipeline
+                _log.warning("progress callback failed on %s %s", kind, key, exc_info=True)
 
     def _fail(self, job: Job, reason: str) -> None:
         self.report.failed[job.key] = reason
         self._event("failed", job.key, reason)
 
     def _finish(self, job: Job) -> None:
-        """Delete the run's files, then give its bytes back (in that order: disk first, budget second)."""
+        """Delete the run's files, then give its bytes back; if deletion fails the bytes stay reserved."""
         try:
             self._cleanup(job.payload)
-        finally:
-            self.budget.release(job.need_bytes)
+        except Exception as exc:  # noqa: BLE001 - recorded; the disk is still in use, so is the budget
+            self.report.cleanup_failed[job.key] = _reason(exc)
+            self._event("cleanup_failed", job.key, _reason(exc))
+            return
+        self.budget.release(job.need_bytes)
 
     def run(self, jobs: Iterable[Job]) -> StreamReport:
         self._t0 = time.monotonic()
@@ -154,23 +164,29 @@ class StreamScheduler:
                     else:
                         i += 1
                 if not downloads and not quants:
-                    continue  # only reachable with `ready` non-empty; loop admits it
+                    if ready:
+                        continue  # the top of the loop admits it
+                    for job in pending:  # nothing runs, yet nothing fits: bytes are held by undeletable files
+                        self._fail(job, f"disk budget exhausted: {human_bytes(self.budget.reserved)} still held by "
+                                        f"runs whose files could not be deleted ({', '.join(self.report.cleanup_failed)})")  # fmt: skip
+                    break
                 done, _ = wait([*downloads, *quants], return_when=FIRST_COMPLETED)
                 for fut in done:
                     if fut in downloads:
                         job = downloads.pop(fut)
                         if (exc := fut.exception()) is not None:
-                            self._finish(job)
                             self._fail(job, f"download: {_reason(exc)}")
+                            self._finish(job)
                         else:
                             ready.append((job, fut.result()))
                             self._event("downloaded", job.key, fut.result())
                     else:
                         job = quants.pop(fut)
-                        self._finish(job)
                         if (exc := fut.exception()) is not None:
                             self._fail(job, f"quant: {_reason(exc)}")
+                            self._finish(job)
                         else:
+                            self._finish(job)
                             self.report.done[job.key] = fut.result()
                             self._event("quantified", job.key, fut.result())
         finally:
