@@ -15,6 +15,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from blocks.tool_images import ToolImages
 from genoflows.giab import catalogue
 from genoflows.giab.samples import find_genome, resolve_genome
 from genoflows.settings import get_settings
@@ -51,6 +52,7 @@ def giab_benchmark(
     truth: TruthSet | None = None,
     out_dir: Path | None = None,
     aws_credentials_block: str | None = None,
+    tool_images_block: str | None = None,
 ) -> Path:
     """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
 
@@ -64,7 +66,10 @@ def giab_benchmark(
         truth: Your own truth VCF + BED (URIs), for samples that are not GIAB.
         out_dir: Results root; the run writes to <out_dir>/<sample_id>/ (default <data_dir>/giab).
         aws_credentials_block: Name of a saved prefect-aws AwsCredentials block for s3:// URIs.
+        tool_images_block: Name of a saved ToolImages block (e.g. hap.py in its official image).
     """
+    if tool_images_block:
+        ToolImages.load(tool_images_block).activate()
     hg = check_request(sample_id, build, list(variant_types), truth)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     refs = ensure_references(

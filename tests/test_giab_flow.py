@@ -9,6 +9,7 @@ import asyncio
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import boto3
@@ -282,3 +283,55 @@ def test_auto_engine_uses_happy_when_it_is_on_path(prefect_harness, env, world, 
     sample_dir = tmp_path / "out" / world.sample_id(HG4)
     assert (sample_dir / "happy" / "happy.summary.csv").exists()
     assert '"tool": "hap.py"' in (sample_dir / "provenance.jsonl").read_text()
+
+
+def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, env, world, lab_bucket, monkeypatch,
+                                                               tmp_path):
+    """hap.py is not on PATH; a saved ToolImages block sends it to a container engine (a stand-in that runs the
+    image's hap.py after checking the bind mounts), unchanged flow code."""
+    import textwrap
+
+    from blocks.tool_images import ToolImages
+    from genoflows.toolrun import _version_of
+    from tests.test_giab_tools import _fake_happy
+
+    image_bin = _fake_happy(tmp_path / "image-rootfs" / "bin").parent
+    calls = tmp_path / "engine-calls.txt"
+    engine = tmp_path / "fake-engine"
+    engine.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, sys
+        args = sys.argv[1:]
+        open({str(calls)!r}, "a").write(" ".join(args) + "\\n")
+        assert args[:4] == ["run", "--rm", "--network", "host"], args
+        i, mounts = 4, []
+        while args[i] in ("-v", "-w"):
+            if args[i] == "-v":
+                mounts.append(args[i + 1].split(":")[0])
+            i += 2
+        image, argv = args[i], args[i + 1:]
+        assert image == "localhost/hap.py:fake", image
+        for a in argv[1:]:
+            if a.startswith("/") and os.path.exists(a):
+                assert any(a.startswith(m) for m in mounts), (a, mounts)  # every input is bound into the container
+        os.execv(os.path.join({str(image_bin)!r}, argv[0]), argv)
+        """))
+    engine.chmod(0o755)
+    monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", "{}")  # restored after the test: activate() sets both
+    monkeypatch.setenv("GENOFLOWS_CONTAINER_ENGINE", "docker")
+    ToolImages(images={"hap.py": "localhost/hap.py:fake"}, engine=str(engine)).save("happy-image", overwrite=True)
+    _version_of.cache_clear()
+    try:
+        state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out", engine="happy",
+                     tool_images_block="happy-image")
+    finally:
+        _version_of.cache_clear()
+        from genoflows.settings import get_settings
+
+        get_settings.cache_clear()
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "44"
+    assert "localhost/hap.py:fake hap.py" in calls.read_text()
+    provenance = (tmp_path / "out" / world.sample_id(HG4) / "provenance.jsonl").read_text()
+    assert '"image": "localhost/hap.py:fake"' in provenance and '"version": "0.3.15"' in provenance
