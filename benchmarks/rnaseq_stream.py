@@ -79,7 +79,7 @@ def main() -> None:
     sim.write_metadata(work / "metadata.tsv", rows)
     index, targets = kallisto.ensure_index(work / "transcripts.fa", work / "cache")
     runs = [Run(r["run"], "Bench_species", r["lib_layout"], 250) for r in rows]
-    resolved, failed = resolve_all(runs, ["ena"], Endpoints(server.base_url, server.base_url + "/sra"))
+    resolved, failed = resolve_all(runs, ["ena"], Endpoints(server.base_url, server.base_url + "/sra", server.base_url + "/sdl"))
     assert not failed, failed
     sizes = sorted(r.reserve_bytes for r in resolved)
     total_bytes = sum(sizes)

@@ -67,8 +67,18 @@ def print_giab(metrics_csv: Path) -> None:
     print(wide[["engine", "type", "filter", *[m for m in HEADLINE if m in wide.columns]]].to_string(index=False))
     print(f"\nfiles: {metrics_csv.parent}")
     for path in sorted(metrics_csv.parent.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.startswith("."):
             print(f"  {path.relative_to(OUT)}")
+
+
+def run_rnaseq() -> None:
+    """Quantify the demo species' runs from the local ENA-like server and print the flow's summary."""
+    from genoflows.rnaseq.demo import SPECIES, run_demo
+
+    _banner(f"RNA-seq quantification of {SPECIES} (local ENA-like server, kallisto, disk budget 8 MB)")
+    summary = run_demo(OUT)
+    for key, value in summary.items():
+        print(f"{key:>36}: {value}")
 
 
 def main() -> int:
@@ -81,6 +91,7 @@ def main() -> int:
         _use_settings(s3_endpoint_url=endpoint)
         metrics = run_giab(stack, endpoint)
         print_giab(metrics)
+    run_rnaseq()
     _banner(f"demo finished; outputs under {OUT}")
     return 0
 

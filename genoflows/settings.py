@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     sra_odp_base_url: str = Field(
         "https://sra-pub-run-odp.s3.amazonaws.com/sra", description="AWS Open Data SRA objects (<base>/<run>/<run>)."
     )
+    ncbi_sdl_url: str = Field(
+        "https://locate.ncbi.nlm.nih.gov/sdl/2/retrieve", description="NCBI SDL locate API (where a run's .sra lives)."
+    )
     tool_images: dict[str, str] = Field(
         default_factory=dict,
         description="Container image per tool (e.g. {'happy': 'pkrusche/hap.py:v0.3.12'}); empty = run on PATH.",

@@ -83,7 +83,7 @@ def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
 def resolve_runs(runs: list[Run], species: str, order: list[str]) -> tuple[list[src.ResolvedRun], list[tuple[str, str]]]:
     """Files, sizes and md5s of every run, before any download (so the disk can be reserved)."""
     s = get_settings()
-    endpoints = src.Endpoints(s.ena_base_url, s.sra_odp_base_url, getattr(s, "ncbi_sdl_url", src.NCBI_SDL_URL))
+    endpoints = src.Endpoints(s.ena_base_url, s.sra_odp_base_url, s.ncbi_sdl_url)
     resolved, failed = src.resolve_all(runs, order, endpoints)
     logger = run_logger()
     for r in resolved:

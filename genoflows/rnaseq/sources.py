@@ -24,7 +24,6 @@ from genoflows.rnaseq.metadata import Layout, Run
 
 SourceName = Literal["ena", "aws", "ncbi"]
 SOURCES: tuple[str, ...] = ("ena", "aws", "ncbi")
-NCBI_SDL_URL = "https://locate.ncbi.nlm.nih.gov/sdl/2/retrieve"
 ENA_FIELDS = "run_accession,fastq_ftp,fastq_md5,fastq_bytes,library_layout,read_count"
 #: fasterq-dump needs room for the .sra, the FASTQ (~4x) and its temp files (~4x): reserve 10x (readme).
 SRA_EXPANSION = 10.0
@@ -215,7 +214,7 @@ def resolve_explicit(run: Run, client: httpx.Client, s3_size: Callable[[str], in
 class Endpoints:
     ena_base_url: str
     sra_odp_base_url: str
-    ncbi_sdl_url: str = NCBI_SDL_URL
+    ncbi_sdl_url: str
     sra_expansion: float = SRA_EXPANSION
     timeout_s: float = 30.0
 
