@@ -8,27 +8,14 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from genoflows.fetch import FetchResult, PermanentFetchError, fetch
-from tasks.runtime import ProgressReporter, run_logger
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Everything but a permanent fetch error (4xx, AccessDenied, disk full, bad URI) is worth a retry."""
-    return not isinstance(exc, PermanentFetchError)
-
-
-def _retry_condition(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - we only classify it
-        return is_retryable(exc)
-    return False
+from tasks.runtime import ProgressReporter, retry_unless, run_logger
 
 
 @task(
     retries=4,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_condition,
+    retry_condition_fn=retry_unless(PermanentFetchError),  # 4xx, AccessDenied, disk full
     task_run_name="fetch {dest.name}",
 )
 def fetch_file(

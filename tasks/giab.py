@@ -23,7 +23,7 @@ from genoflows.settings import get_settings
 from genoflows.toolrun import ToolError
 from genoflows.tools import happy, truvari
 from tasks.fetch import fetch_file
-from tasks.runtime import log_lines, run_logger
+from tasks.runtime import log_lines, retry_unless, run_logger
 
 METRICS_COLUMNS = ["sample", "genome", "build", "engine", "type", "filter", "metric", "value"]
 HEADLINE = {
@@ -43,15 +43,6 @@ class ReferenceBundle:
 
 
 NOT_RETRYABLE = (PermanentFetchError, source.SourceError, InputError, ToolError, ValueError)
-
-
-def _retry_unless_permanent(task, task_run, state) -> bool:
-    """Retry listing hiccups (5xx, resets); never a missing/ambiguous input, a bad file or AccessDenied."""
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - classified, not handled
-        return not isinstance(exc, NOT_RETRYABLE)
-    return False
 
 
 def _fetcher_with(aws_credentials_block: str | None):
@@ -109,7 +100,7 @@ def ensure_references(
     task_run_name="stage {kind} input of {sample_id}",
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_condition_fn=_retry_unless_permanent,
+    retry_condition_fn=retry_unless(*NOT_RETRYABLE),  # retry listing hiccups, not bad inputs
 )
 def stage_query(
     source_uri: str,

@@ -32,7 +32,7 @@ from genoflows.settings import get_settings
 from genoflows.toolrun import ToolError
 from genoflows.tools import kallisto
 from genoflows.tools.fasterq_dump import SraFormatError
-from tasks.runtime import in_prefect_run, log_lines, run_logger
+from tasks.runtime import in_prefect_run, log_lines, retry_unless, run_logger
 
 
 @dataclass
@@ -47,20 +47,8 @@ class ByteCounter:
             self.total += n
 
 
+# Transient fetch errors and md5 mismatches are retried; 404s, bad files and tool errors are not.
 NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Transient fetch errors and md5 mismatches are retried; 404s, bad files and tool errors are not."""
-    return not isinstance(exc, NOT_RETRYABLE)
-
-
-def _retry_condition(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - classified, not handled
-        return is_retryable(exc)
-    return False
 
 
 def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
@@ -112,7 +100,7 @@ def index_targets(index: Path) -> list[str]:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_condition,
+    retry_condition_fn=retry_unless(*NOT_RETRYABLE),
     cache_policy=NO_CACHE,
     task_run_name="download {res.run.run}",
 )

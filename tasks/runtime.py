@@ -16,6 +16,22 @@ from prefect.context import FlowRunContext, TaskRunContext
 _fallback = logging.getLogger("genoflows")
 
 
+def retry_unless(*permanent: type[BaseException]):
+    """A Prefect `retry_condition_fn`: retry any failure except the `permanent` exception types
+    (a 404, AccessDenied or a bad input fails on its first attempt instead of after every backoff)."""
+
+    def condition(task, task_run, state) -> bool:
+        try:
+            state.result()
+        except permanent:
+            return False
+        except BaseException:  # noqa: BLE001 - anything else is worth another attempt
+            return True
+        return False
+
+    return condition
+
+
 def in_prefect_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
