@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from genoflows.fetch import file_digest
 from genoflows.rnaseq import simulate as sim
 from genoflows.rnaseq.metadata import Run
 from genoflows.rnaseq.sources import Endpoints, resolve_all
@@ -47,7 +48,7 @@ def test_ena_paired_picks_mates_and_ignores_unpaired_file(world):
     (res,), failed = resolve_all([Run("SRR3000001", "X", "paired")], ["ena"], ep)
     assert not failed and res.source == "ena" and res.layout == "paired"
     assert [f.name for f in res.files] == ["SRR3000001_1.fastq.gz", "SRR3000001_2.fastq.gz"]
-    assert res.files[0].md5 == sim.md5sum(paired.files[0]) and res.files[0].size == paired.files[0].stat().st_size
+    assert res.files[0].md5 == file_digest(paired.files[0], "md5") and res.files[0].size == paired.files[0].stat().st_size
     assert res.reserve_bytes == sum(f.stat().st_size for f in paired.files)
     assert res.files[0].uri.startswith("http://") and res.expected_fragments is None  # 3 files: counts unknown
 

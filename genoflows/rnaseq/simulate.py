@@ -7,13 +7,14 @@ work to do, sequencing errors, uneven abundances) yet is generated in seconds wi
 from __future__ import annotations
 
 import gzip
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from genoflows.fetch import file_digest
 
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 _COMP = np.zeros(256, dtype=np.uint8)
@@ -127,14 +128,6 @@ def simulate_run(
     return SimRun(run, layout, (p1, p2), n_fragments, true_counts)
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ena_relpath(run: str, filename: str) -> str:
     """ENA's layout: vol1/fastq/<first 6>/[0NN/]<run>/<file> (the extra level for accessions > 9 chars)."""
     digits = run[3:]
@@ -160,7 +153,7 @@ class EnaCatalog:
             if dest.resolve() != f.resolve():
                 dest.write_bytes(f.read_bytes())
             ftp.append(f"{host}/{rel}")
-            md5s.append(md5sum(dest))
+            md5s.append(file_digest(dest, "md5"))
             sizes.append(str(dest.stat().st_size))
         if md5_override:
             md5s[0] = md5_override

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Literal
 
 from filelock import FileLock
 
+from genoflows.fetch import file_digest
 from genoflows.toolrun import run_tool, tool_version
 
 TOOL = "kallisto"
@@ -110,18 +110,10 @@ def check_fasta(path: Path) -> list[str]:
     return names
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def index_key(fasta: Path, version: str | None = None, k: int = 31) -> str:
     """Cache key: FASTA content hash + kallisto version (index formats change between versions) + k."""
     version = version or tool_version(TOOL)
-    return f"{_sha256(fasta)[:20]}-k{k}-kallisto{version}"
+    return f"{file_digest(fasta, 'sha256')[:20]}-k{k}-kallisto{version}"
 
 
 def ensure_index(
