@@ -254,3 +254,33 @@ def test_bad_inputs_fail_the_flow_with_a_clear_message(prefect_harness, world, t
     state = rnaseq_quant(**params(root, str(tmp_path / "o2"), transcriptome=str(fasta)), return_state=True)
     assert state.is_failed() and "not a FASTA file" in state.message
     assert not list((tmp_path / "o2" / "Apis_mellifera" / "quant").iterdir())
+
+
+def test_disk_full_fails_runs_cleanly_and_a_rerun_with_space_completes(prefect_harness, world, tmp_path):
+    """The budget says 2 MB but the disk holds 16 KB: each run fails alone with a clear reason and leaves no
+    partial file; once space is freed (the tmpfs grown) a rerun quantifies them all."""
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, _ = world
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    runs = ["SRR5000001", "SRR5000002", "SRR5000007"]
+    try:
+        p = params(root, str(disk / "out"), metadata=runs, sources=["ena"])
+        summary = rnaseq_quant(**p)
+        sp = disk / "out" / "Apis_mellifera"
+        failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
+        assert set(failed) == set(runs) and summary["quantified"] == 0
+        assert all("not enough disk" in reason and "free space" in reason for reason in failed.values()), failed
+        assert [p for p in (sp / "fastq").rglob("*") if p.is_file()] == []
+        assert not finished(sp / "quant")
+
+        subprocess.run(["mount", "-o", "remount,size=50m", str(disk)], check=True)
+        summary = rnaseq_quant(**p)
+        assert summary["quantified"] == 3 and not summary["failures"]
+        assert not (sp / "failed.tsv").exists() or read_tsv(sp / "failed.tsv") == []
+        assert list((sp / "fastq").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
