@@ -18,6 +18,7 @@ import pytest
 from genoflows.giab import catalogue, demo_data
 from genoflows.giab.checksums import MANIFEST_NAME
 from genoflows.settings import get_settings
+from genoflows.testing.artifacts import read_artifacts
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
 
@@ -76,17 +77,6 @@ def _flow_run(state):
     return asyncio.run(read())
 
 
-def _artifact(key: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-
-    return asyncio.run(read())
-
-
 def _metrics(path: Path) -> dict[tuple[str, str, str, str], str]:
     with open(path) as fh:
         rows = list(csv.DictReader(fh))
@@ -126,9 +116,9 @@ def test_first_run_downloads_second_run_downloads_nothing(prefect_harness, env, 
         t.name for t in task_runs
     }
     assert (out / sid / "bcftools" / "summary.csv").exists() and (out / sid / "provenance.jsonl").exists()
-    table = _artifact("giab-na24143-lib3-rep1-metrics")
+    table = read_artifacts("giab-na24143-lib3-rep1-metrics")
     assert table and "METRIC.Recall" in table[0].data
-    assert _artifact("giab-na24143-lib3-rep1-files")
+    assert read_artifacts("giab-na24143-lib3-rep1-files")
 
     before = len(mirror.requests)
     again = _run(sample_id=sid, source=lab_bucket, out_dir=out)

@@ -23,6 +23,7 @@ import pytest
 from genoflows.rnaseq import simulate as sim
 from genoflows.rnaseq.stream import dir_bytes
 from genoflows.settings import get_settings
+from genoflows.testing.artifacts import read_artifacts
 from genoflows.testing.http_server import FileServer
 from genoflows.tools.kallisto import read_abundance
 
@@ -145,6 +146,12 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     assert list((sp / "fastq").iterdir()) == []
     assert sampler.n > 10 and 0 < sampler.max <= BUDGET
     assert summary["disk_high_water_bytes"] <= BUDGET and summary["quantified"] == 5
+    table = read_artifacts("rnaseq-runs-apis-mellifera")[0].data
+    rows = {r["run"]: r for r in (json.loads(table) if isinstance(table, str) else table)}
+    assert set(rows) >= done and float(rows["SRR5000001"]["pct_pseudoaligned"]) > 50
+    progress = read_artifacts("rnaseq-progress-apis-mellifera")[0]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "disk" in read_artifacts("rnaseq-summary-apis-mellifera")[0].data
 
     # merged tables hold exactly the per-run numbers, joined on target_id
     runs_in_order = ["SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"]
