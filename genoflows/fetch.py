@@ -70,6 +70,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
         scheme = urlparse(uri).scheme
+        etag = None
         if dest.exists() and not (scheme == "s3" and _s3_object_changed(uri, dest, s3_client)):
             return FetchResult(uri, dest, dest.stat().st_size, downloaded=False)
         part = dest.with_name(dest.name + ".part")
@@ -78,20 +79,27 @@ def fetch(
                 _fetch_http(uri, part, size=size, progress=progress)
             elif scheme == "s3":
                 size, etag = _fetch_s3(uri, part, size=size, progress=progress, client=s3_client)
-                _etag_record(dest).write_text(json.dumps({"uri": uri, "etag": etag}))
             elif scheme in ("", "file"):
                 _fetch_local(uri, part, progress=progress)
             else:
                 raise PermanentFetchError(f"unsupported URI scheme {scheme!r} in {uri}: use s3://, https:// or a path")
             _verify(uri, part, md5=md5, sha256=sha256, size=size)
+        except PermanentFetchError:
+            _discard(part)  # nothing is resumed after a permanent failure: leave nothing behind
+            raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                part.unlink(missing_ok=True)
+                _discard(part)
                 raise PermanentFetchError(
                     f"disk full while writing {dest} from {uri}: free space in {dest.parent} and run again"
                 ) from exc
             raise
         part.replace(dest)
+        _validator_path(part).unlink(missing_ok=True)
+        if etag is not None:  # recorded only once the verified file is in place
+            record = _etag_record(dest)
+            record.with_name(record.name + ".tmp").write_text(json.dumps({"uri": uri, "etag": etag}))
+            record.with_name(record.name + ".tmp").replace(record)
         return FetchResult(uri, dest, dest.stat().st_size, downloaded=True)
 
 
@@ -114,7 +122,7 @@ def _verify(uri: str, part: Path, *, md5: str | None, sha256: str | None, size: 
     if not problems and sha256 and (got := file_digest(part, "sha256")) != sha256.lower():
         problems.append(f"sha256 {got} != expected {sha256}")
     if problems:
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise ChecksumMismatch(f"{uri}: {'; '.join(problems)}; the partial file was removed")
 
 
@@ -129,9 +137,27 @@ def _check_free_space(path: Path, needed: int, uri: str) -> None:
 # --- http(s) -----------------------------------------------------------------------------------------------
 
 
+def _discard(part: Path) -> None:
+    """Remove a partial download and its resume validator."""
+    part.unlink(missing_ok=True)
+    _validator_path(part).unlink(missing_ok=True)
+
+
+def _validator_path(part: Path) -> Path:
+    """Where the ETag/Last-Modified of the response that started `part` is kept, for If-Range on resume."""
+    return part.with_name(part.name + ".validator")
+
+
 def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | None) -> None:
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    validator_file = _validator_path(part)
+    # identity: the bytes on disk must be the bytes published (a .gz served with Content-Encoding: gzip
+    # would otherwise be decompressed on the way in).
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if validator_file.exists():  # the server sends the whole new file if it changed since
+            headers["If-Range"] = validator_file.read_text()
     timeout = httpx.Timeout(get_settings().http_timeout_seconds, connect=10.0)
     try:
         with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as resp:
@@ -139,23 +165,26 @@ def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | 
             if status == 416 and have:  # asked beyond the end: the part was already whole, or stale
                 if size is not None and have == size:
                     return
-                part.unlink()
+                _discard(part)
                 raise TransientFetchError(f"{url}: range not satisfiable for a stale partial file; restarting")
-            if status in (429,) or status >= 500:
+            if status in (408, 429) or status >= 500:
                 raise TransientFetchError(f"{url}: server answered HTTP {status}; will retry")
             if status >= 400:
                 raise PermanentFetchError(f"{url}: HTTP {status} {resp.reason_phrase}; check the URL or access")
-            if status == 200 and have:
-                have = 0  # server ignored the Range header: start over
+            if status == 206 and _range_start(resp) != have:
+                _discard(part)
+                raise TransientFetchError(f"{url}: server resumed at the wrong offset; restarting from zero")
+            if status == 200:
+                have = 0  # a fresh body: no Range asked, Range ignored, or the file changed (If-Range)
+                _remember_validator(resp, validator_file)
             total = _total_length(resp, have)
             if total is not None and size is not None and total != size:
                 raise ChecksumMismatch(f"{url}: server reports {total} bytes, expected {size}")
             if total is not None:
                 _check_free_space(part, total - have, url)
-            mode = "ab" if status == 206 else "wb"
             done = have
-            with open(part, mode) as fh:
-                for chunk in resp.iter_bytes():  # as received, so a drop keeps what arrived
+            with open(part, "ab" if status == 206 else "wb") as fh:
+                for chunk in resp.iter_raw():  # as received, so a drop keeps what arrived
                     fh.write(chunk)
                     done += len(chunk)
                     if progress:
@@ -166,15 +195,31 @@ def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | 
         raise TransientFetchError(f"{url}: {type(exc).__name__}: {exc}; will resume") from exc
 
 
+def _remember_validator(resp: httpx.Response, validator_file: Path) -> None:
+    etag = resp.headers.get("etag", "")
+    validator = etag if etag and not etag.startswith("W/") else resp.headers.get("last-modified")
+    if validator:
+        validator_file.write_text(validator)
+    else:
+        validator_file.unlink(missing_ok=True)
+
+
+def _range_start(resp: httpx.Response) -> int | None:
+    crange = resp.headers.get("content-range", "")
+    try:
+        return int(crange.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def _total_length(resp: httpx.Response, have: int) -> int | None:
+    length = resp.headers.get("content-length")
     if resp.status_code == 206:
         crange = resp.headers.get("content-range", "")
         if "/" in crange and crange.rsplit("/", 1)[1].isdigit():
             return int(crange.rsplit("/", 1)[1])
-        length = resp.headers.get("content-length")
         return have + int(length) if length else None
-    length = resp.headers.get("content-length")
-    return int(length) if length and resp.headers.get("content-encoding") in (None, "identity") else None
+    return int(length) if length else None
 
 
 # --- s3 ----------------------------------------------------------------------------------------------------
@@ -212,8 +257,21 @@ def s3_client(endpoint_url: str | None = None, credentials_block: str | None = N
 
 def classify_s3_error(uri: str, exc: Exception) -> FetchError:
     """Map a botocore error to a transient or permanent fetch error with a helpful message."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import (
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+        PartialCredentialsError,
+    )
 
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return PermanentFetchError(
+            f"{uri}: no usable AWS credentials; save an AwsCredentials block (aws_credentials_block=...) "
+            "or set GENOFLOWS_AWS_ACCESS_KEY_ID / GENOFLOWS_AWS_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, (ParamValidationError, NoRegionError)):
+        return PermanentFetchError(f"{uri}: invalid S3 request ({exc}); check the bucket, key and region")
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)

@@ -44,15 +44,38 @@ def test_dropped_connection_resumes_with_range(served, tmp_path):
         fetch(server.url("reads.fastq.gz"), dest, md5=md5)
     assert not dest.exists()  # a partial is never under the final name
     part = dest.with_name(dest.name + ".part")
-    assert 0 < part.stat().st_size < len(body)
+    kept = part.stat().st_size
+    assert 0 < kept < len(body)
     fetch(server.url("reads.fastq.gz"), dest, md5=md5)
     assert dest.read_bytes() == body
-    assert server.requests[-1].range == f"bytes={part_size_before(server)}-"
+    assert (server.requests[-1].range, server.requests[-1].status) == (f"bytes={kept}-", 206)
+    assert not part.exists() and not Path(f"{part}.validator").exists()
 
 
-def part_size_before(server: FileServer) -> int:
-    """The byte offset the resumed request asked for."""
-    return int(server.requests[-1].range.split("=")[1].rstrip("-"))
+def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
+    """If-Range: a resume against a file that changed on the server gets the new file whole, never a splice."""
+    server, body, _ = served
+    server.add_fault("reads", "drop")
+    dest = tmp_path / "reads.fastq.gz"
+    with pytest.raises(TransientFetchError):
+        fetch(server.url("reads.fastq.gz"), dest)
+    new_body = os.urandom(len(body))  # same size: only the validator can tell
+    (server.root / "reads.fastq.gz").write_bytes(new_body)
+    fetch(server.url("reads.fastq.gz"), dest)
+    assert dest.read_bytes() == new_body
+    assert server.requests[-1].range is not None and server.requests[-1].status == 200
+
+
+def test_gzip_content_encoding_is_stored_as_published(tmp_path):
+    import gzip
+
+    root = tmp_path / "www"
+    root.mkdir()
+    published = gzip.compress(b"chr1\t0\t1000\n" * 500)
+    (root / "conf.bed.gz").write_bytes(published)
+    with FileServer(root, gzip_content_encoding=True) as server:
+        got = fetch(server.url("conf.bed.gz"), tmp_path / "conf.bed.gz", md5=hashlib.md5(published).hexdigest())
+    assert got.path.read_bytes() == published
 
 
 def test_corrupt_body_is_removed_and_503_is_transient(served, tmp_path):
@@ -95,6 +118,11 @@ def test_disk_full_fails_cleanly(served, tmp_path):
         with pytest.raises(PermanentFetchError, match="not enough disk|disk full"):
             fetch(server.url("reads.fastq.gz"), small / "reads.fastq.gz", md5=md5)
         assert [p.name for p in small.iterdir() if not p.name.endswith(".lock")] == []
+        # no Content-Length: the free-space check cannot run, the write itself hits ENOSPC
+        server.add_fault("reads", "nolength")
+        with pytest.raises(PermanentFetchError, match="disk full while writing"):
+            fetch(server.url("reads.fastq.gz"), small / "reads.fastq.gz", md5=md5)
+        assert [p.name for p in small.iterdir() if not p.name.endswith(".lock")] == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
@@ -120,6 +148,45 @@ def test_s3_single_and_multipart_etag(moto_endpoint, tmp_path):
     assert hashlib.sha256(got.path.read_bytes()).digest() == hashlib.sha256(big).digest()
     with pytest.raises(PermanentFetchError, match="no such object"):
         fetch("s3://lab-fetch/calls/absent.vcf.gz", tmp_path / "absent", s3_client=s3)
+
+
+def test_etag_mismatch_removes_the_part(moto_endpoint, tmp_path):
+    """_verify_etag against real objects, with the ETag a corrupted transfer would not match."""
+    from genoflows.fetch import _verify_etag
+
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-etag")
+    body = os.urandom(11 << 20)
+    src = tmp_path / "src.bin"
+    src.write_bytes(body)
+    from boto3.s3.transfer import TransferConfig
+
+    s3.upload_file(str(src), "lab-etag", "multi.bin", Config=TransferConfig(multipart_chunksize=5 << 20))
+    etag = s3.head_object(Bucket="lab-etag", Key="multi.bin")["ETag"].strip('"')
+    part = tmp_path / "multi.bin.part"
+    part.write_bytes(body)
+    _verify_etag("s3://lab-etag/multi.bin", part, etag, s3, "lab-etag", "multi.bin")  # the true one passes
+    part.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
+    with pytest.raises(ChecksumMismatch, match="ETag"):
+        _verify_etag("s3://lab-etag/multi.bin", part, etag, s3, "lab-etag", "multi.bin")
+    assert not part.exists()
+    part.write_bytes(b"single part body")
+    with pytest.raises(ChecksumMismatch, match="ETag"):
+        _verify_etag("s3://lab-etag/x", part, hashlib.md5(b"other body").hexdigest(), s3, "lab-etag", "x")
+
+
+def test_missing_credentials_are_permanent(moto_endpoint, tmp_path, monkeypatch):
+    import botocore.session
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    session = botocore.session.get_session()
+    client = session.create_client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    with pytest.raises(PermanentFetchError, match="no usable AWS credentials"):
+        fetch("s3://lab-fetch/calls/small.vcf.gz", tmp_path / "s.vcf.gz", s3_client=client)
 
 
 def test_s3_access_denied_is_permanent(moto_endpoint, tmp_path):

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-FAULT_KINDS = ("503", "404", "drop", "corrupt")
+FAULT_KINDS = ("503", "404", "drop", "corrupt", "nolength")
 RouteHandler = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
 
 
@@ -45,9 +45,19 @@ class _QuietServer(ThreadingHTTPServer):
 class FileServer:
     """Serve `root` over HTTP on 127.0.0.1; use as a context manager or call start()/stop()."""
 
-    def __init__(self, root: Path, *, bandwidth_bytes_per_s: float | None = None, port: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bandwidth_bytes_per_s: float | None = None,
+        port: int = 0,
+        gzip_content_encoding: bool = False,
+    ):
         self.root = Path(root).resolve()
         self.bandwidth = bandwidth_bytes_per_s
+        # Like a misconfigured web server: .gz files labelled Content-Encoding: gzip (clients that decode
+        # transparently would store the decompressed bytes).
+        self.gzip_content_encoding = gzip_content_encoding
         self.requests: list[LoggedRequest] = []
         self._faults: dict[str, deque[str]] = defaultdict(deque)
         self._routes: dict[str, RouteHandler] = {}
@@ -64,7 +74,9 @@ class FileServer:
         return f"{self.base_url}/{relpath.lstrip('/')}"
 
     def add_fault(self, name_substring: str, kind: str, times: int = 1) -> None:
-        """The next `times` GETs of a path containing `name_substring` misbehave as `kind`."""
+        """The next `times` GETs of a path containing `name_substring` misbehave as `kind`: an HTTP 503 or 404,
+        a connection dropped half-way (`drop`), a flipped byte (`corrupt`), or a body sent without
+        Content-Length, ended by closing the connection (`nolength`)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; choose one of {FAULT_KINDS}")
         with self._lock:
@@ -143,9 +155,14 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self._send_file(target, path, fault)
 
         def _send_file(self, target: Path, path: str, fault: str | None) -> None:
-            size = target.stat().st_size
+            stat = target.stat()
+            size = stat.st_size
+            etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
             start, end, status = 0, size - 1, 200
             rng = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if rng and if_range is not None and if_range != etag:
+                rng = None  # RFC 9110: the representation changed, send all of it
             if rng:
                 m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
                 if not m or int(m.group(1)) >= size:
@@ -161,7 +178,14 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self._log(status)
             self.send_response(status)
             self.send_header("Content-Type", mimetypes.guess_type(path)[0] or "application/octet-stream")
-            self.send_header("Content-Length", str(length))
+            if fault == "nolength":
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
+            if server.gzip_content_encoding and path.endswith(".gz"):
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes")
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
