@@ -140,3 +140,123 @@ def test_unindexed_sorted_input_is_indexed_and_plain_gzip_is_refused(world, tmp_
         dst.write(src.read())
     with pytest.raises(InputError, match=r"plain\.vcf\.gz is not BGZF-compressed.*bgzip"):
         ensure_indexed(plain)
+
+
+# --- hand-made cases: each expectation follows from the GA4GH/hap.py rules, not from running the engine ------
+
+SEQ = demo_data.make_reference()["1"]  # the world's contig 1 (chr1 in GRCh38 files)
+_MINI_HEADER = (
+    "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chr2,length=80000>\n"
+    '##FILTER=<ID=PASS,Description="All filters passed">\n##FILTER=<ID=LowQual,Description="Low quality">\n'
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS\n"
+)
+
+
+def _mini_vcf(path: Path, records: list[tuple[int, str, str, str, str]]) -> Path:
+    """A bgzipped, indexed single-sample VCF on chr1 from (pos, ref, alts, gt, filter) tuples."""
+    body = "".join(f"chr1\t{p}\t.\t{r}\t{a}\t50\t{f}\t.\tGT\t{gt}\n" for p, r, a, gt, f in sorted(records))
+    path.write_text(_MINI_HEADER + body)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    return Path(f"{path}.gz")
+
+
+def _other(base: str) -> str:
+    """A base that differs from `base` (a transversion, to keep it obvious)."""
+    return {"A": "C", "C": "A", "G": "T", "T": "G"}[base]
+
+
+def _bench(world, tmp_path: Path, truth: list, query: list, bed: list[tuple[int, int]] | None = None) -> dict:
+    """Run the flow's query preparation and the local engine on hand-made records; rows by (type, filter)."""
+    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth_vcf = _mini_vcf(tmp_path / "truth.vcf", truth)
+    query_vcf = variant_sites(_mini_vcf(tmp_path / "query.vcf", query), tmp_path / "q.vcf.gz", sample_id="S")
+    bed_path = None
+    if bed is not None:
+        bed_path = tmp_path / "conf.bed"
+        bed_path.write_text("".join(f"chr1\t{s}\t{e}\n" for s, e in bed))
+    res = compare_small(truth_vcf, query_vcf, ref, tmp_path / "out", confident_bed=bed_path)
+    return {(r.type, r.filter): r.values for r in parse_summary(res.summary_csv)}
+
+
+def _counts(row: dict) -> dict:
+    return {c: int(row[c]) for c in ("TRUTH.TOTAL", "TRUTH.TP", "TRUTH.FN", "QUERY.TOTAL", "QUERY.FP", "QUERY.UNK",
+                                     "FP.gt", "FP.al")}
+
+
+def test_multiallelic_mnp_sharing_a_base_keeps_the_hom_genotype(world, tmp_path):
+    """Truth A>C 1/1 + G>A 0/1 (adjacent); query AG>CG,CA 1/2 says the same thing: both haplotypes carry the C,
+    one carries the A. After split + decompose the C comes out twice (1/0 and 0/1): it is one 1/1 SNP."""
+    p = 30_001
+    r1, r2 = SEQ[p - 1], SEQ[p]
+    b1, b2 = _other(r1), _other(r2)
+    truth = [(p, r1, b1, "1/1", "PASS"), (p + 1, r2, b2, "0/1", "PASS")]
+    query = [(p, r1 + r2, f"{b1}{r2},{b1}{b2}", "1/2", "PASS")]
+    rows = _bench(world, tmp_path, truth, query)
+    for flt in ("ALL", "PASS"):
+        assert _counts(rows[("SNP", flt)]) == {
+            "TRUTH.TOTAL": 2, "TRUTH.TP": 2, "TRUTH.FN": 0, "QUERY.TOTAL": 2, "QUERY.FP": 0, "QUERY.UNK": 0,
+            "FP.gt": 0, "FP.al": 0,
+        }, flt
+        # one het and one hom-alt on each side
+        assert rows[("SNP", flt)]["TRUTH.TOTAL.het_hom_ratio"] == 1.0
+        assert rows[("SNP", flt)]["QUERY.TOTAL.het_hom_ratio"] == 1.0
+
+
+def test_filtered_truth_records_are_not_benchmarked(world, tmp_path):
+    """hap.py uses only PASS/`.` truth records (--usefiltered-truth is opt-in): a FILTERed truth record is neither
+    a truth variant (no FN when missed) nor a match (a call of it is a plain FP, without a local match)."""
+    p1, p2, p3, p4 = 31_001, 31_301, 31_601, 31_901
+    snp = {p: (SEQ[p - 1], _other(SEQ[p - 1])) for p in (p1, p2, p3, p4)}
+    truth = [
+        (p1, *snp[p1], "0/1", "PASS"),
+        (p2, *snp[p2], "0/1", "LowQual"),  # called by the query
+        (p3, *snp[p3], "1/1", "LowQual"),  # missed by the query
+        (p4, *snp[p4], "0/1", "."),  # FILTER missing counts as passing
+    ]
+    query = [(p1, *snp[p1], "0/1", "PASS"), (p2, *snp[p2], "0/1", "PASS"), (p4, *snp[p4], "0/1", "PASS")]
+    rows = _bench(world, tmp_path, truth, query)
+    assert _counts(rows[("SNP", "ALL")]) == {
+        "TRUTH.TOTAL": 2, "TRUTH.TP": 2, "TRUTH.FN": 0, "QUERY.TOTAL": 3, "QUERY.FP": 1, "QUERY.UNK": 0,
+        "FP.gt": 0, "FP.al": 0,
+    }
+
+
+def test_confident_region_edges_follow_bed_half_open_and_hap_py_insertion_rule(world, tmp_path):
+    """BED [40000, 40100) holds 1-based bases 40001..40100. SNPs: inside iff their base is. Insertions: inside
+    only when both bases flanking the insertion point are (hap.py doc/happy.md), so an insertion after base 40100
+    (right flank 40101) or after base 40000 (left flank 40000) is outside: truth ignored, call UNK."""
+    start, end = 40_000, 40_100
+
+    def ins(p: int) -> tuple[int, str, str]:
+        anchor = SEQ[p - 1]
+        return p, anchor, anchor + _other(anchor)  # inserted base differs from the anchor: already left-aligned
+
+    def snp(p: int) -> tuple[int, str, str]:
+        return p, SEQ[p - 1], _other(SEQ[p - 1])
+
+    sites = [snp(start), snp(start + 1), snp(end), snp(end + 1), ins(start), ins(start + 50), ins(end)]
+    both = [(*s, "0/1", "PASS") for s in sites]
+    rows = _bench(world, tmp_path, both, both, bed=[(start, end)])
+    assert _counts(rows[("SNP", "ALL")]) == {
+        "TRUTH.TOTAL": 2, "TRUTH.TP": 2, "TRUTH.FN": 0, "QUERY.TOTAL": 4, "QUERY.FP": 0, "QUERY.UNK": 2,
+        "FP.gt": 0, "FP.al": 0,
+    }
+    assert _counts(rows[("INDEL", "ALL")]) == {
+        "TRUTH.TOTAL": 1, "TRUTH.TP": 1, "TRUTH.FN": 0, "QUERY.TOTAL": 3, "QUERY.FP": 0, "QUERY.UNK": 2,
+        "FP.gt": 0, "FP.al": 0,
+    }
+
+
+def test_half_calls_are_dropped_with_the_no_calls(world, tmp_path):
+    """The documented policy (docs/giab-local-engine.md): a `./1` query call is not a call. The truth variant it
+    would have matched is FN, and a `./1` where the truth has nothing is not an FP."""
+    p1, p2, p3 = 32_001, 32_301, 32_601
+    snp = {p: (SEQ[p - 1], _other(SEQ[p - 1])) for p in (p1, p2, p3)}
+    truth = [(p1, *snp[p1], "0/1", "PASS"), (p2, *snp[p2], "0/1", "PASS")]
+    query = [(p1, *snp[p1], "./1", "PASS"), (p2, *snp[p2], "0/1", "PASS"), (p3, *snp[p3], "./1", "PASS")]
+    rows = _bench(world, tmp_path, truth, query)
+    assert _counts(rows[("SNP", "ALL")]) == {
+        "TRUTH.TOTAL": 2, "TRUTH.TP": 1, "TRUTH.FN": 1, "QUERY.TOTAL": 1, "QUERY.FP": 0, "QUERY.UNK": 0,
+        "FP.gt": 0, "FP.al": 0,
+    }

@@ -183,7 +183,10 @@ def _genotype(rec: pysam.VariantRecord) -> tuple[int, int]:
 def read_calls(vf: pysam.VariantFile, chrom: str) -> dict[tuple[int, str, str], Call]:
     """The normalised calls on `chrom` that carry the ALT allele, keyed by (pos, ref, alt).
 
-    Symbolic alleles (`<DEL>`) and spanning deletions (`*`) are not small variants and are skipped.
+    Symbolic alleles (`<DEL>`) and spanning deletions (`*`) are not small variants and are skipped. Records
+    that land on the same key are one allele seen from several haplotypes (a `1/2` MNP whose alleles share a
+    base splits into `1/0` + `0/1` of that base), so their ALT copies add up, capped at the ploidy; the merged
+    call counts as PASS only when every part passed.
     """
     calls: dict[tuple[int, str, str], Call] = {}
     try:
@@ -202,8 +205,13 @@ def read_calls(vf: pysam.VariantFile, chrom: str) -> dict[tuple[int, str, str], 
         filters = list(rec.filter.keys())
         call = Call(rec.pos, rec.ref.upper(), alt, alt_count, ploidy, filters in ([], ["PASS"]))
         prev = calls.get(call.key)
-        if prev is None or prev.alt_count < call.alt_count:
-            calls[call.key] = call
+        if prev is not None:
+            ploidy = max(prev.ploidy, call.ploidy)
+            call = Call(
+                call.pos, call.ref, alt, min(prev.alt_count + call.alt_count, ploidy), ploidy,
+                prev.passed and call.passed,
+            )
+        calls[call.key] = call
     return calls
 
 
@@ -466,7 +474,10 @@ def compare_small(
     contigs = sorted(set(truth_contigs) | set(query_contigs), key=lambda c: order.get(c, len(order)))
     with pysam.VariantFile(str(truth_norm)) as tvf, pysam.VariantFile(str(query_norm)) as qvf:
         for chrom in contigs:
-            count_contig(chrom, read_calls(tvf, chrom), read_calls(qvf, chrom), regions, counts, details)
+            # hap.py uses only PASS (or `.`) truth records unless --usefiltered-truth: a FILTERed truth record
+            # is not part of the benchmark, neither as a truth variant nor as a local match for FP.al.
+            truth = {k: c for k, c in read_calls(tvf, chrom).items() if c.passed}
+            count_contig(chrom, truth, read_calls(qvf, chrom), regions, counts, details)
 
     rows = summary_rows(counts)
     summary = write_summary(rows, out_dir / "summary.csv")

@@ -2,7 +2,8 @@
 
 It writes a random reference genome (contigs 1 and 2, `chr`-prefixed for GRCh38), per GIAB genome a truth VCF +
 confident BED and a lab gVCF with planted differences (missed calls, false positives inside and outside the BED,
-genotype and allele errors, FILTERed calls, a right-shifted indel on each side, multi-allelic sites, an MNP),
+genotype and allele errors, FILTERed calls, a right-shifted indel on each side, multi-allelic sites, an MNP, a
+multi-allelic MNP whose alleles share a base),
 and an SV truth/query pair for truvari. Every planted event records what hap.py's summary must count for it,
 so `GenomeWorld.expected` is the exact answer per type and filter - computed from the plan, not by running
 the engine under test.
@@ -292,7 +293,7 @@ def _apply(kind, w, exp, c, p, ref, alt, vtype, het, ti, rng, plan) -> None:
 
 
 def _special_events(w: GenomeWorld, exp: Expected, plan: _Planner, rng: random.Random) -> None:
-    """Representation cases: right-shifted indels, multi-allelic sites, an MNP against two SNPs."""
+    """Representation cases: right-shifted indels, multi-allelic sites, MNPs against SNPs."""
     # Truth writes the A6 deletion right-shifted; the query left-aligned. Same variant after normalisation.
     c, p = HOMOPOLYMER_A6
     w.truth.append(Rec(c, p + 5, "AA", ("A",), "0/1"))
@@ -334,7 +335,18 @@ def _special_events(w: GenomeWorld, exp: Expected, plan: _Planner, rng: random.R
     for t in (t1, t2):
         exp.truth("SNP", True, t, "TP")
         exp.query("SNP", True, t, "TP")
-    w.events.update({"INDEL:right_shifted": 2, "SNP:multiallelic": 1, "MIXED:multiallelic": 1, "SNP:mnp": 1})
+    # A 1/2 MNP whose two alleles share their first base: truth X>B1 1/1 + Y>B2 0/1, query XY>B1Y,B1B2 1/2.
+    # Both haplotypes carry B1 and one carries B2: a hom SNP and a het SNP, both TP.
+    c, p = plan.slot()
+    r1, r2 = plan.seqs[c][p - 1], plan.seqs[c][p]
+    (b1, t1), (b2, t2) = plan.snp_alt(r1), plan.snp_alt(r2)
+    w.truth += [Rec(c, p, r1, (b1,), "1/1"), Rec(c, p + 1, r2, (b2,), "0/1")]
+    w.query.append(Rec(c, p, r1 + r2, (b1 + r2, b1 + b2), "1/2"))
+    for het, t in ((False, t1), (True, t2)):
+        exp.truth("SNP", het, t, "TP")
+        exp.query("SNP", het, t, "TP")
+    w.events.update({"INDEL:right_shifted": 2, "SNP:multiallelic": 1, "MIXED:multiallelic": 1, "SNP:mnp": 1,
+                     "SNP:mnp_multiallelic": 1})
 
 
 # --- writing VCFs -------------------------------------------------------------------------------------------
