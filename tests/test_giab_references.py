@@ -89,3 +89,17 @@ def test_concurrent_runs_download_each_file_once(world, tmp_path):
         gets = server.downloads(demo_data.REFERENCE_NAMES["GRCh38"])
     assert sorted(r.downloaded for r in results) == [False, True]
     assert len([r for r in gets if not r.path.endswith(".md5")]) == 1
+
+
+def test_a_lone_hash_in_a_shared_md5_listing_is_not_taken_for_every_file(world, tmp_path):
+    """A directory `md5sum` holding only the VCF's bare hash says nothing about the BED: the BED is fetched and
+    pinned by sha256 instead of failing its download against the VCF's md5."""
+    spec = catalogue.small_truth(HG, "GRCh38", "BASE")
+    folder = world.mirror / Path(spec.vcf.relpath).relative_to("giab").parent
+    vcf_md5 = hashlib.md5((folder / spec.vcf.name).read_bytes()).hexdigest()
+    (folder / "md5sum").write_text(f"{vcf_md5}\n")
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        got = references.bring(spec.bed, tmp_path / "refs", fetch)
+    assert got.downloaded and got.checksum == "no published checksum; sha256 pinned now"
+    assert got.path.read_bytes() == (folder / spec.bed.name).read_bytes()

@@ -83,12 +83,21 @@ def test_custom_truth_uris_get_distinct_cache_paths():
 
 def test_md5_listings_in_the_formats_seen_in_the_wild():
     h = "0123456789abcdef0123456789abcdef"
-    assert md5_for(f"{h}  HG002.vcf.gz\n{'f' * 32}  HG002.bed\n", "HG002.bed") == "f" * 32
-    assert md5_for(f"{h} *./GRCh38/HG002.vcf.gz\n", "HG002.vcf.gz") == h
-    assert md5_for(f"MD5 (HG002.vcf.gz) = {h.upper()}\n", "HG002.vcf.gz") == h
-    assert md5_for(f"{h}\n", "anything.vcf.gz") == h  # a <file>.md5 with the bare hash
-    assert md5_for(f"{h}  other.vcf.gz\n", "HG002.vcf.gz") is None
-    assert md5_for("<html>404</html>", "HG002.vcf.gz") is None
+    listing = f"{BASE}/x/md5sum"
+    assert md5_for(f"{h}  HG002.vcf.gz\n{'f' * 32}  HG002.bed\n", "HG002.bed", listing) == "f" * 32
+    assert md5_for(f"{h} *./GRCh38/HG002.vcf.gz\n", "HG002.vcf.gz", listing) == h
+    assert md5_for(f"MD5 (HG002.vcf.gz) = {h.upper()}\n", "HG002.vcf.gz", listing) == h
+    assert md5_for(f"{h}  other.vcf.gz\n", "HG002.vcf.gz", listing) is None
+    assert md5_for("<html>404</html>", "HG002.vcf.gz", listing) is None
+
+
+def test_a_bare_hash_counts_only_in_the_files_own_md5_sidecar():
+    h = "0123456789abcdef0123456789abcdef"
+    assert md5_for(f"{h}\n", "HG002.vcf.gz", f"{BASE}/x/HG002.vcf.gz.md5") == h
+    assert md5_for(f"{h}\n", "HG002.vcf.gz", "/mirror/x/HG002.vcf.gz.md5") == h
+    # Shared listings name their files: a lone hash there belongs to some other file (or to none).
+    for shared in ("md5sum", "MD5SUMS", "md5checksums.txt", "HG002_benchmark.md5", "HG002.bed.md5"):
+        assert md5_for(f"{h}\n", "HG002.vcf.gz", f"{BASE}/x/{shared}") is None, shared
 
 
 def test_manifest_pins_survive_reopening(tmp_path):

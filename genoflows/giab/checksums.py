@@ -13,7 +13,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 from filelock import FileLock
 
@@ -22,14 +23,17 @@ _MD5_LINE = re.compile(r"^\s*(?:MD5\s*\((?P<n1>.+)\)\s*=\s*(?P<h1>[0-9a-fA-F]{32
 _BARE_MD5 = re.compile(r"^\s*([0-9a-fA-F]{32})\s*$")
 
 
-def md5_for(listing: str, filename: str) -> str | None:
+def md5_for(listing: str, filename: str, listing_name: str) -> str | None:
     """The md5 of `filename` in a checksum listing (`md5sum` output, BSD `MD5 (f) = h`, or one bare hash).
 
-    A listing's names may carry directories (`./GRCh38/x.vcf.gz`); the basename decides.
+    `listing_name` is the listing's URL or path. A bare hash names no file, so it is taken only from the
+    file's own sidecar `<filename>.md5`; a shared listing (`md5sum`, `HG002_benchmark.md5`, ...) must name the
+    file. A listing's names may carry directories (`./GRCh38/x.vcf.gz`); the basename decides.
     """
     lines = [ln for ln in listing.splitlines() if ln.strip()]
     if len(lines) == 1 and (bare := _BARE_MD5.match(lines[0])):
-        return bare.group(1).lower()
+        own_sidecar = PurePosixPath(urlparse(listing_name).path).name == f"{filename}.md5"
+        return bare.group(1).lower() if own_sidecar else None
     for line in lines:
         m = _MD5_LINE.match(line)
         if not m:

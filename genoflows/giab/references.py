@@ -63,7 +63,7 @@ def find_published_md5(remote: RemoteFile, *, log: Log | None = None, attempts: 
         if url not in memo:
             memo[url] = _read_small(url, attempts=attempts, log=log)
         text = memo[url]
-        if text and (md5 := md5_for(text, remote.name)):
+        if text and (md5 := md5_for(text, remote.name, url)):
             return md5, url
     return None, None
 
