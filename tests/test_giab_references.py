@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
+import pysam
 import pytest
 
 from genoflows.fetch import ChecksumMismatch, fetch
 from genoflows.giab import catalogue, demo_data, references
 from genoflows.giab.checksums import Manifest
+from genoflows.giab.query import InputError, ensure_indexed
 from genoflows.testing.http_server import FileServer
+from genoflows.toolrun import ToolError
 
 HG = "HG004"
 
@@ -103,3 +110,61 @@ def test_a_lone_hash_in_a_shared_md5_listing_is_not_taken_for_every_file(world, 
         got = references.bring(spec.bed, tmp_path / "refs", fetch)
     assert got.downloaded and got.checksum == "no published checksum; sha256 pinned now"
     assert got.path.read_bytes() == (folder / spec.bed.name).read_bytes()
+
+
+@pytest.fixture
+def killed_indexer(tmp_path, monkeypatch):
+    """A `bcftools` first on PATH whose `index` writes half an index where it was told to and is then SIGKILLed
+    (what a killed worker leaves behind); every other subcommand is the real bcftools."""
+    real = shutil.which("bcftools")
+    fake = tmp_path / "fake-bin" / "bcftools"
+    fake.parent.mkdir()
+    fake.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, signal, subprocess, sys
+        args = sys.argv[1:]
+        if args[:1] != ["index"]:
+            os.execv({real!r}, [{real!r}, *args])
+        subprocess.run([{real!r}, *args], check=True)
+        out = args[args.index("-o") + 1] if "-o" in args else args[-1] + (".csi" if "-c" in args else ".tbi")
+        data = open(out, "rb").read()
+        open(out, "wb").write(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """))
+    fake.chmod(0o755)
+    original = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{original}")
+    return lambda: monkeypatch.setenv("PATH", original)  # call to get the real bcftools back
+
+
+def _index_is_whole(vcf: Path) -> bool:
+    """Every record is found through the index exactly as by reading the file."""
+    with pysam.VariantFile(str(vcf)) as vf:
+        streamed = [(r.chrom, r.pos) for r in vf]
+        fetched = [(r.chrom, r.pos) for c in vf.header.contigs for r in vf.fetch(c)]
+    return bool(streamed) and fetched == streamed
+
+
+def test_a_killed_local_truth_indexing_leaves_no_index_that_looks_complete(world, tmp_path, killed_indexer):
+    spec = catalogue.small_truth(HG, "GRCh38", "BASE")
+    (world.mirror / spec.tbi.relpath.removeprefix("giab/")).unlink()
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        with pytest.raises(ToolError, match="-9"):
+            references.bring_truth(spec, root, fetch)
+        vcf = root / spec.vcf.relpath
+        assert not Path(f"{vcf}.tbi").exists()
+        killed_indexer()
+        local, _ = references.bring_truth(spec, root, fetch)
+    assert local.vcf == vcf and _index_is_whole(vcf)
+
+
+def test_a_killed_query_indexing_leaves_no_index_that_looks_complete(world, tmp_path, killed_indexer):
+    copy = tmp_path / "lab.g.vcf.gz"
+    shutil.copy(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", copy)
+    with pytest.raises(InputError, match="cannot index"):
+        ensure_indexed(copy)
+    assert not Path(f"{copy}.tbi").exists()
+    killed_indexer()
+    assert ensure_indexed(copy) == Path(f"{copy}.tbi") and _index_is_whole(copy)

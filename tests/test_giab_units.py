@@ -124,6 +124,8 @@ def test_bcftools_command_lines(tmp_path):
     assert bcftools.norm_argv(src, tmp_path / "x.bcf", ref)[:8] == ["bcftools", "norm", "-f", str(ref), "-m", "-any", "-c", "e"]
     assert bcftools.norm_argv(src, tmp_path / "x.bcf", ref)[8:10] == ["-O", "b"]
     assert bcftools.index_argv(dst) == ["bcftools", "index", "-f", "-t", str(dst)]
+    tmp = tmp_path / ".out.vcf.gz.tbi.tmp"
+    assert bcftools.index_argv(dst, out=tmp) == ["bcftools", "index", "-f", "-t", "-o", str(tmp), str(dst)]
     assert bcftools.view_regions_argv(src, dst, tmp_path / "r.bed")[2] == "-R"
     assert bcftools.view_regions_argv(src, dst, tmp_path / "r.bed", streaming=True)[2] == "-T"
     assert bcftools.rename_chrs_argv(src, dst, tmp_path / "m.txt")[2:4] == ["--rename-chrs", str(tmp_path / "m.txt")]

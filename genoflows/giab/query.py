@@ -31,6 +31,19 @@ def index_path(vcf: Path) -> Path | None:
     return None
 
 
+def build_tbi(vcf: Path, *, log: Log | None = None, provenance_dir: Path | None = None) -> Path:
+    """`<vcf>.tbi`, built under a temp name and renamed, so an existing .tbi is always complete (a builder
+    killed mid-write leaves only the temp file, which the next build overwrites)."""
+    tbi = Path(f"{vcf}.tbi")
+    tmp = tbi.with_name(f".{tbi.name}.tmp")
+    try:
+        run_tool(bcftools.index_argv(vcf, out=tmp), log=log, provenance_dir=provenance_dir)
+        tmp.replace(tbi)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return tbi
+
+
 def _is_bgzf(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(18)
@@ -54,7 +67,7 @@ def ensure_indexed(vcf: Path, *, log: Log | None = None, provenance_dir: Path | 
     if log:
         log(f"{vcf.name} has no index next to it; indexing it")
     try:
-        run_tool(bcftools.index_argv(vcf), log=log, provenance_dir=provenance_dir)
+        build_tbi(vcf, log=log, provenance_dir=provenance_dir)
     except ToolError as exc:
         detail = " ".join(exc.tail)
         if "nsorted" in detail or "not sorted" in detail:

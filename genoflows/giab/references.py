@@ -25,8 +25,7 @@ from filelock import FileLock
 from genoflows.fetch import FetchResult, PermanentFetchError, TransientFetchError, fetch, file_digest
 from genoflows.giab.catalogue import RemoteFile, TruthFiles
 from genoflows.giab.checksums import Manifest, md5_for
-from genoflows.toolrun import run_tool
-from genoflows.tools import bcftools
+from genoflows.giab.query import build_tbi
 
 Log = Callable[[str], None]
 Fetcher = Callable[..., FetchResult]  # fetch(uri, dest, md5=, sha256=) -> FetchResult
@@ -136,7 +135,7 @@ def bring_truth(
             log(f"no index for {vcf.name} on the mirror ({exc}); indexing it locally")
         with FileLock(str(vcf.parent / f".{vcf.name}.tbi.lock")):
             if not Path(f"{vcf}.tbi").exists():
-                run_tool(bcftools.index_argv(vcf), log=log, provenance_dir=provenance_dir)
+                build_tbi(vcf, log=log, provenance_dir=provenance_dir)
     bed = None
     if truth.bed is not None:
         got.append(bring(truth.bed, root, fetcher, log=log))

@@ -54,9 +54,13 @@ def sort_argv(src: Path, dst: Path, tmp_dir: Path) -> list[str]:
     return [TOOL, "sort", "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
-def index_argv(path: Path, csi: bool = False) -> list[str]:
-    """Index a bgzipped VCF: .tbi (default) or .csi; fails on unsorted or non-BGZF input."""
-    return [TOOL, "index", "-f", "-c" if csi else "-t", str(path)]
+def index_argv(path: Path, csi: bool = False, out: Path | None = None) -> list[str]:
+    """Index a bgzipped VCF: .tbi (default) or .csi; fails on unsorted or non-BGZF input.
+
+    `out` writes the index under another name (`-o`), so callers can build it under a temp name and rename it:
+    a builder killed mid-write must not leave a partial `<vcf>.tbi` that later runs take as complete.
+    """
+    return [TOOL, "index", "-f", "-c" if csi else "-t", *(["-o", str(out)] if out else []), str(path)]
 
 
 def rename_chrs_argv(src: Path, dst: Path, mapping_file: Path) -> list[str]:
