@@ -38,10 +38,6 @@ class Run:
     md5s: tuple[str, ...] = ()
     aws_link: str | None = None
 
-    @property
-    def is_accession(self) -> bool:
-        return bool(SRA_ACCESSION.match(self.run))
-
 
 @dataclass
 class RunTable:

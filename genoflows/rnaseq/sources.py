@@ -8,7 +8,6 @@ the scheduler reserve disk before a download starts.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -61,10 +60,6 @@ class ResolvedRun:
     @property
     def needs_conversion(self) -> bool:
         return self.source in ("aws", "ncbi")
-
-    @property
-    def download_bytes(self) -> int:
-        return sum(f.size or 0 for f in self.files)
 
 
 def safe_filename(name: str, run: str) -> str:
@@ -255,9 +250,3 @@ def resolve_all(
             except (ResolveError, SourceUnavailable, httpx.HTTPError, OSError) as exc:
                 failed.append((r.run, str(exc)))
     return resolved, failed
-
-
-def to_json(res: ResolvedRun) -> str:
-    """For logs and the sources cache."""
-    return json.dumps({"run": res.run.run, "source": res.source, "layout": res.layout,
-                       "files": [f.__dict__ for f in res.files], "reserve_bytes": res.reserve_bytes})  # fmt: skip

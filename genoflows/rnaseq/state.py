@@ -7,7 +7,6 @@ run that is not complete, so failed and missing runs are retried and finished on
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,15 +20,6 @@ FAILED_TSV = "failed.tsv"
 class Plan:
     todo: list[Run]
     complete: list[str]
-    previously_failed: dict[str, str]
-
-
-def read_failed(dirs: SpeciesDirs) -> dict[str, str]:
-    path = dirs.root / FAILED_TSV
-    if not path.exists():
-        return {}
-    with open(path, newline="") as fh:
-        return {r["run"]: r.get("reason", "") for r in csv.DictReader(fh, delimiter="\t") if r.get("run")}
 
 
 def write_failed(dirs: SpeciesDirs, failures: Mapping[str, str]) -> None:
@@ -44,4 +34,4 @@ def write_failed(dirs: SpeciesDirs, failures: Mapping[str, str]) -> None:
 def plan(table: RunTable, dirs: SpeciesDirs) -> Plan:
     complete = [r.run for r in table.runs if dirs.is_complete(r.run)]
     done = set(complete)
-    return Plan([r for r in table.runs if r.run not in done], complete, read_failed(dirs))
+    return Plan([r for r in table.runs if r.run not in done], complete)
