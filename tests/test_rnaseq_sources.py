@@ -116,3 +116,18 @@ def test_truncated_fastq_detected(world, tmp_path):
         other = tmp_path / "o.fastq"
         other.write_text("@r\nACGT\n+\nFFFF\n")
         verify_fastqs("paired", (paired.files[0], Path(other)))
+
+
+def test_multi_member_gzip_is_counted_whole_and_a_cut_last_member_is_caught(tmp_path):
+    """bgzip and `cat a.gz b.gz` make several gzip members: every member counts; a cut in the last one is caught."""
+    import gzip
+
+    members = [gzip.compress(b"".join(b"@r%d\nACGT\n+\nFFFF\n" % (i * 10 + j) for j in range(n)))
+               for i, n in enumerate((3, 5, 2))]  # fmt: skip
+    whole = tmp_path / "multi.fastq.gz"
+    whole.write_bytes(b"".join(members))
+    assert count_fastq_records(whole) == 10
+    cut = tmp_path / "cut.fastq.gz"
+    cut.write_bytes(b"".join(members)[:-12])  # inside the last member's deflate data / trailer
+    with pytest.raises(TruncatedFastq, match="gzip stream ends early"):
+        count_fastq_records(cut)

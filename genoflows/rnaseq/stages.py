@@ -9,11 +9,11 @@ concurrency. Layout on disk, per species:
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,23 +95,17 @@ class QuantResult:
 
 
 def count_fastq_records(path: Path) -> int:
-    """Read a FASTQ(.gz) to the end; TruncatedFastq when the gzip stream or the last record is cut short."""
-    lines, tail = 0, b"\n"
+    """Read a FASTQ(.gz, any number of gzip members) to the end; TruncatedFastq when it is cut short."""
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
-        fh.seek(0)
-        d = zlib.decompressobj(wbits=47) if gz else None
-        while chunk := fh.read(1 << 20):
-            out = d.decompress(chunk) if d else chunk
-            while d is not None and d.unused_data:  # concatenated gzip members (bgzip, cat'ed files)
-                rest = d.unused_data
-                d = zlib.decompressobj(wbits=47)
-                out += d.decompress(rest)
-            if out:
-                lines += out.count(b"\n")
-                tail = out[-1:]
-    if d is not None and not d.eof:
-        raise TruncatedFastq(f"{path.name}: gzip stream ends early (truncated download or file)")
+    lines, tail = 0, b"\n"
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                lines += chunk.count(b"\n")
+                tail = chunk[-1:]
+    except EOFError as exc:  # gzip's word for a stream that stops before its end marker
+        raise TruncatedFastq(f"{path.name}: gzip stream ends early (truncated download or file)") from exc
     lines += 0 if tail == b"\n" else 1
     if lines % 4:
         raise TruncatedFastq(f"{path.name}: {lines} lines is not a whole number of FASTQ records")
