@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextvars
 import random
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from genoflows.rnaseq.stages import cleanup_run
 from genoflows.rnaseq.stream import ByteBudget, Job, StreamScheduler
 
 
@@ -152,3 +156,31 @@ def test_undeletable_files_keep_their_bytes_and_the_rest_fails_clearly():
     report = sched.run([Job("r00", 800, "r00"), Job("r01", 500, "r01")])
     assert report.done == {"r00": "ok"} and "PermissionError" in report.cleanup_failed["r00"]
     assert "disk budget exhausted" in report.failed["r01"] and sched.budget.reserved == 800
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return shutil.which("chattr") is not None and subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_an_undeletable_run_dir_fails_cleanup_and_keeps_its_bytes(tmp_path):
+    """A real file that cannot be deleted (immutable attribute): cleanup_run raises, the scheduler keeps the bytes."""
+    fastq = tmp_path / "fastq"
+    for run in ("r00", "r01"):
+        (fastq / run).mkdir(parents=True)
+        (fastq / run / f"{run}_1.fastq").write_bytes(b"@r\nACGT\n+\nFFFF\n")
+    stuck = fastq / "r00" / "r00_1.fastq"
+    if not _chattr("+i", stuck):
+        pytest.skip("cannot make a file immutable here (chattr +i needs root and a filesystem that supports it)")
+    try:
+        with pytest.raises(OSError, match="cannot delete .*r00"):
+            cleanup_run(fastq, "r00")
+        cleanup_run(fastq, "r01")
+        cleanup_run(fastq, "r01")  # already gone is fine
+        assert not (fastq / "r01").exists()
+        sched = StreamScheduler(budget_bytes=1000, max_downloads=1, quant_workers=1, download=lambda p: p,
+                                quant=lambda p, local: "ok", cleanup=lambda p: cleanup_run(fastq, p))  # fmt: skip
+        report = sched.run([Job("r00", 600, "r00")])
+        assert report.done == {"r00": "ok"} and "cannot delete" in report.cleanup_failed["r00"]
+        assert sched.budget.reserved == 600 and stuck.exists()
+    finally:
+        _chattr("-i", stuck)

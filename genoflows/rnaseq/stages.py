@@ -203,5 +203,13 @@ def quantify_run(
 
 
 def cleanup_run(fastq_root: Path, run: str) -> None:
-    """Delete everything downloaded for the run (FASTQ, .sra, partials, locks)."""
-    shutil.rmtree(fastq_root / run, ignore_errors=True)
+    """Delete everything downloaded for the run (FASTQ, .sra, partials, locks); OSError if any of it stays."""
+    path = fastq_root / run
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OSError(f"cannot delete {path}: {exc}; its files still use disk") from exc
+    if path.exists():
+        raise OSError(f"cannot delete {path}: it is still there after deletion")
