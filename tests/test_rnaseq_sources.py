@@ -131,3 +131,20 @@ def test_multi_member_gzip_is_counted_whole_and_a_cut_last_member_is_caught(tmp_
     cut.write_bytes(b"".join(members)[:-12])  # inside the last member's deflate data / trailer
     with pytest.raises(TruncatedFastq, match="gzip stream ends early"):
         count_fastq_records(cut)
+
+
+def test_resumed_download_counts_only_new_bytes(world, tmp_path):
+    """A dropped connection, then the task's retry resumes the partial file: bytes are counted once."""
+    from genoflows.fetch import TransientFetchError
+
+    _, server, ep, _ = world
+    (res,), _ = resolve_all([Run("SRR3000002", "X", "single")], ["ena"], ep)
+    size = res.files[0].size
+    counted: list[int] = []
+    server.add_fault("SRR3000002.fastq.gz", "drop", times=1)
+    with pytest.raises(TransientFetchError):
+        download_run(res, tmp_path, on_bytes=counted.append)
+    assert 0 < sum(counted) < size
+    local = download_run(res, tmp_path, on_bytes=counted.append)  # what the task retry does
+    assert local.expected_fragments == 200 and sum(counted) == size
+    assert [r.range for r in server.downloads("SRR3000002.fastq.gz")][-1] == f"bytes={size // 2}-"

@@ -122,6 +122,12 @@ def verify_fastqs(layout: Layout, files: tuple[Path, ...]) -> int:
     return counts[0]
 
 
+def _resumable_bytes(dest: Path) -> int:
+    """Bytes a resumed fetch of `dest` will not transfer again: fetch resumes http(s) from `<dest>.part`."""
+    part = dest.with_name(dest.name + ".part")
+    return part.stat().st_size if part.exists() else 0
+
+
 def download_run(
     res: ResolvedRun,
     fastq_root: Path,
@@ -139,9 +145,11 @@ def download_run(
     got = 0
     paths = []
     for f in res.files:
-        seen = [0]
+        seen = [_resumable_bytes(run_dir / f.name)]  # already on disk from an earlier attempt: not downloaded now
 
         def progress(done: int, total: int | None, seen: list[int] = seen) -> None:
+            if done < seen[0]:  # the transfer started over (range ignored, or S3, which does not resume)
+                seen[0] = 0
             if on_bytes and done > seen[0]:
                 on_bytes(done - seen[0])
             seen[0] = max(seen[0], done)
