@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from blocks.tool_images import ToolImages
 from genoflows.giab import catalogue
-from genoflows.giab.samples import find_genome, resolve_genome
+from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
 from genoflows.settings import get_settings
 from tasks.giab import benchmark_small, benchmark_sv, ensure_references, export, prepare_query, stage_query
 
@@ -29,8 +29,16 @@ class TruthSet(BaseModel):
     bed: str | None = Field(None, description="URI of the confident-region BED; omit to count everywhere")
 
 
-def check_request(sample_id: str, build: str, variant_types: list[str], truth: TruthSet | None) -> str | None:
-    """Fail before any work: the GIAB genome of the sample (None with a custom truth), or a clear error."""
+def check_request(
+    sample_id: str, build: str, variant_types: list[str], truth: TruthSet | None, file: str | None = None
+) -> str | None:
+    """Fail before any work: the GIAB genome of the sample (None with a custom truth), or a clear error.
+
+    sample_id and file become path components under out_dir, so they must be plain names.
+    """
+    check_safe_name(sample_id, "sample_id")
+    if file is not None:
+        check_safe_name(file, "file")
     if not variant_types:
         raise ValueError("variant_types is empty: choose 'small', 'sv' or both")
     if truth is not None:
@@ -57,9 +65,10 @@ def giab_benchmark(
     """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
 
     Args:
-        sample_id: The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004); NA and HG ids, any suffix.
+        sample_id: The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004); NA and HG ids, any suffix. Letters,
+            digits, '.', '_' and '-' only (it names the output directory).
         source: s3://bucket/prefix or a local directory holding the sample's VCF/gVCF (+ index).
-        file: File name in `source` to use when several files match the sample.
+        file: File name in `source` (no directories) to use when several files match the sample.
         build: Genome build of the calls and of the truth set.
         variant_types: small (hap.py or the local engine) and/or sv (truvari; GIAB has HG002 GRCh37 only).
         engine: auto = hap.py when on PATH or configured as an image, else the local bcftools engine.
@@ -70,7 +79,7 @@ def giab_benchmark(
     """
     if tool_images_block:
         ToolImages.load(tool_images_block).activate()
-    hg = check_request(sample_id, build, list(variant_types), truth)
+    hg = check_request(sample_id, build, list(variant_types), truth, file)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     refs = ensure_references(
         build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,

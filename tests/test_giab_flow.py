@@ -240,6 +240,21 @@ def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirro
     assert (tmp_path / "out" / "LAB-0042" / "input" / "LAB-0042.g.vcf.gz.tbi").exists()
 
 
+def test_a_sample_id_that_is_a_path_cannot_write_outside_out_dir(prefect_harness, env, world, mirror, tmp_path):
+    """sample_id names <out_dir>/<sample_id>/: `../../escape` (with `file` picking a real input and a custom truth,
+    so nothing else stops the run) must fail before any download, and write nothing outside out_dir."""
+    from flows.giab_benchmark import TruthSet
+
+    t = catalogue.small_truth(HG4, "GRCh38", mirror.base_url)
+    state = _run(sample_id="../../escape", source=str(world.lab), file="NA24143_Lib3_Rep1.g.vcf.gz",
+                 truth=TruthSet(vcf=t.vcf.url, bed=t.bed.url), out_dir=tmp_path / "out" / "runs")
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"sample_id '\.\./\.\./escape' is not allowed"):
+        state.result()
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
+    assert mirror.requests == []
+
+
 def test_parameters_render_as_a_form():
     from flows.giab_benchmark import giab_benchmark
 

@@ -9,7 +9,7 @@ import pytest
 from genoflows.giab import catalogue
 from genoflows.giab.checksums import Manifest, md5_for
 from genoflows.giab.contigs import rename_plan
-from genoflows.giab.samples import UnknownSample, find_genome, resolve_genome
+from genoflows.giab.samples import UnknownSample, UnsafeName, check_safe_name, find_genome, resolve_genome
 from genoflows.tools import bcftools, happy, truvari
 
 BASE = "https://mirror.example/giab/release"
@@ -40,6 +40,32 @@ def test_unknown_samples_name_the_known_ones_and_the_truth_parameter(sample):
         resolve_genome(sample)
     message = str(err.value)
     assert "HG004 (NA24143)" in message and "HG001 (NA12878)" in message and "`truth`" in message
+
+
+UNSAFE = ["HG004/../../../tmp/pwn", "/etc/x", "..", ".", ".hidden", "HG004/x", "a b", "x\\y", "HG004\n", ""]
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_sample_ids_and_file_names_that_are_paths_are_refused(bad):
+    from flows.giab_benchmark import TruthSet, check_request
+
+    truth = TruthSet(vcf="s3://lab/truth.vcf.gz")
+    with pytest.raises(UnsafeName, match=r"sample_id .* is not allowed: use letters, digits"):
+        check_request(bad, "GRCh38", ["small"], truth)
+    with pytest.raises(UnsafeName, match=r"file .* is not allowed.*without '/'"):
+        check_request("LAB-0042", "GRCh38", ["small"], truth, file=bad)
+    if find_genome(bad):  # starts like a GIAB id: the mapping alone must not accept it either
+        with pytest.raises(UnsafeName):
+            resolve_genome(bad)
+
+
+def test_plain_sample_ids_and_file_names_pass():
+    from flows.giab_benchmark import TruthSet, check_request
+
+    for name in ("NA24143_Lib3_Rep1", "HG004.run-2", "LAB-0042", "_x"):
+        assert check_safe_name(name, "sample_id") == name
+    assert check_request("NA24143_Lib3_Rep1", "GRCh38", ["small"], None, file="NA24143_Lib3_Rep1.g.vcf.gz") == "HG004"
+    assert check_request("LAB-0042", "GRCh38", ["small"], TruthSet(vcf="s3://lab/t.vcf.gz")) is None
 
 
 def test_small_truth_layout_follows_the_release_tree():

@@ -38,8 +38,27 @@ _ALIASES: dict[str, str] = {**{g.hg: g.hg for g in GENOMES.values()}, **{g.na: g
 _ID = re.compile(r"^(HG00[1-7]|NA\d{5})(?=$|[^A-Za-z0-9])", re.IGNORECASE)
 
 
+# A name that can become one path component: no '/', no leading '.' (so neither '..' nor a hidden file).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 class UnknownSample(ValueError):
     """The sample id does not name a GIAB genome."""
+
+
+class UnsafeName(ValueError):
+    """A sample id or file name that cannot safely become a file or directory name."""
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """`value` unchanged when it is a plain name; the flow writes to `<out_dir>/<sample_id>/`, so a `/` or `..`
+    in it would write outside out_dir."""
+    if not _SAFE_NAME.fullmatch(value or ""):
+        raise UnsafeName(
+            f"{what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' only, not starting with '.' "
+            f"and without '/' (it becomes a file or directory name under out_dir): pass the plain name"
+        )
+    return value
 
 
 def known_samples() -> str:
@@ -54,9 +73,12 @@ def find_genome(sample_id: str) -> str | None:
 
 
 def resolve_genome(sample_id: str) -> str:
-    """The GIAB id for `sample_id` (case-insensitive, lab suffixes allowed); raise UnknownSample otherwise."""
+    """The GIAB id for `sample_id` (case-insensitive, lab suffixes allowed); raise UnknownSample otherwise, and
+    UnsafeName for an id that is no plain name (`HG004/../x` starts like HG004 but is a path)."""
     hg = find_genome(sample_id)
-    if hg is None:
+    if hg is not None:
+        check_safe_name(sample_id, "sample_id")
+    else:
         raise UnknownSample(
             f"sample {sample_id!r} is not a Genome in a Bottle sample: its id must start with one of "
             f"{known_samples()}, optionally followed by a suffix such as _Lib3_Rep1. For any other sample pass "
