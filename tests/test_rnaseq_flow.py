@@ -291,3 +291,34 @@ def test_disk_full_fails_runs_cleanly_and_a_rerun_with_space_completes(prefect_h
         assert list((sp / "fastq").iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_endpoint, monkeypatch, tmp_path):
+    """Explicit s3:// URIs: one run's object is missing. That run is failed (failed.tsv), the other quantified."""
+    import boto3
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, tx = world
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-rnaseq")
+    good = sim.simulate_run(tx, tmp_path / "gen", "lab1", n_fragments=800, seed=11)
+    for i, f in enumerate(good.files, start=1):
+        s3.upload_file(str(f), "lab-rnaseq", f"lab1_{i}.fastq.gz")
+    uris = {run: ";".join(f"s3://lab-rnaseq/{run}_{i}.fastq.gz" for i in (1, 2)) for run in ("lab1", "lab2")}
+    sim.write_metadata(tmp_path / "lab.tsv", [{"scientific_name": "Lasius niger", "run": run, "lib_layout": "paired",
+                                               "fastq_uris": u} for run, u in uris.items()])  # fmt: skip
+    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    get_settings.cache_clear()
+    try:
+        summary = rnaseq_quant(**params(root, str(tmp_path / "out"), metadata=str(tmp_path / "lab.tsv"),
+                                        species="Lasius niger"))  # fmt: skip
+    finally:
+        monkeypatch.delenv("GENOFLOWS_S3_ENDPOINT_URL")
+        get_settings.cache_clear()
+    sp = tmp_path / "out" / "Lasius_niger"
+    assert summary["quantified"] == 1 and [d.name for d in finished(sp / "quant")] == ["lab1"]
+    failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
+    assert list(failed) == ["lab2"]
+    assert "PermanentFetchError" in failed["lab2"] and "s3://lab-rnaseq/lab2_1.fastq.gz: no such object" in failed["lab2"]
+

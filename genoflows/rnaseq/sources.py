@@ -179,10 +179,15 @@ def _explicit_size(uri: str, client: httpx.Client, s3_size: Callable[[str], int]
         return _with_size(client, RemoteFile(uri, "x", None)).size or 0
     if scheme == "s3":
         if s3_size is None:
-            from genoflows.fetch import s3_client, split_s3_uri
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            from genoflows.fetch import classify_s3_error, s3_client, split_s3_uri
 
             bucket, key = split_s3_uri(uri)
-            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+            try:
+                return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+            except (ClientError, BotoCoreError) as exc:
+                raise classify_s3_error(uri, exc) from exc
         return s3_size(uri)
     path = Path(urlparse(uri).path if scheme == "file" else uri)
     if not path.is_file():
@@ -236,7 +241,7 @@ def resolve_run(run: Run, order: Sequence[str], endpoints: Endpoints, client: ht
 def resolve_all(
     runs: Sequence[Run], order: Sequence[str], endpoints: Endpoints, *, workers: int = 8
 ) -> tuple[list[ResolvedRun], list[tuple[str, str]]]:
-    """Resolve runs concurrently (one HTTP round trip each); failures come back as (run, reason)."""
+    """Resolve runs concurrently (one HTTP round trip each); failures come back as (run, reason), never raised."""
     bad = [s for s in order if s not in SOURCES]
     if bad:
         raise ResolveError(f"unknown source(s) {bad}; choose from {SOURCES}")
@@ -247,6 +252,8 @@ def resolve_all(
         for r, fut in futures:
             try:
                 resolved.append(fut.result())
-            except (ResolveError, SourceUnavailable, httpx.HTTPError, OSError) as exc:
+            except (ResolveError, SourceUnavailable) as exc:
                 failed.append((r.run, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - S3, HTTP, OS or anything else: that run fails, not the species
+                failed.append((r.run, f"{type(exc).__name__}: {exc}"))
     return resolved, failed
