@@ -67,7 +67,9 @@ def rnaseq_quant(
             if todo.todo:
                 index = t.build_index(transcriptome)
                 resolved, unresolved = t.resolve_runs(todo.todo, sp, list(sources))
-                failures.update(dict(unresolved))
+                for run, why in unresolved:  # failed before the stream: count them in the progress too
+                    failures[run] = f"resolve: {why}"
+                    progress("failed", run, failures[run])
                 fragment = (fragment_length, fragment_sd or fragment_length / 10) if fragment_length else None
                 download = t.download_run.with_options(retry_delay_seconds=[retry_delay_seconds * 2**i for i in range(3)])
                 report = t.stream_runs(resolved, dirs, index, budget=int(disk_budget), max_downloads=max_downloads,

@@ -322,3 +322,17 @@ def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_end
     assert list(failed) == ["lab2"]
     assert "PermanentFetchError" in failed["lab2"] and "s3://lab-rnaseq/lab2_1.fastq.gz: no such object" in failed["lab2"]
 
+
+def test_runs_without_a_source_count_towards_progress(prefect_harness, world, tmp_path):
+    """A run no source has fails at resolution: progress still reaches 100% and the run table lists it."""
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, _ = world
+    summary = rnaseq_quant(**params(root, str(tmp_path / "out"), metadata=["SRR5000002", "SRR5999999"],
+                                    species="Formica rufa", sources=["ena"]))  # fmt: skip
+    assert summary["quantified"] == 1 and set(summary["failures"]) == {"SRR5999999"}
+    progress = read_artifacts("rnaseq-progress-formica-rufa")[0]
+    assert float(progress.data) == 100.0 and "1/2 runs quantified, 1 failed" in progress.description
+    table = read_artifacts("rnaseq-runs-formica-rufa")[0].data
+    rows = {r["run"]: r for r in (json.loads(table) if isinstance(table, str) else table)}
+    assert rows["SRR5999999"]["status"].startswith("failed: resolve: no source has SRR5999999")
