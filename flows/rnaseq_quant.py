@@ -65,14 +65,14 @@ def rnaseq_quant(
         progress = t.RunProgress(sp, len(table.runs), len(todo.complete), counter)
         with DiskSampler(dirs.fastq, interval=0.2) as disk:
             if todo.todo:
-                index = t.build_index(transcriptome)
+                index, targets = t.build_index(transcriptome)
                 resolved, unresolved = t.resolve_runs(todo.todo, sp, list(sources))
                 for run, why in unresolved:  # failed before the stream: count them in the progress too
                     failures[run] = f"resolve: {why}"
                     progress("failed", run, failures[run])
                 fragment = (fragment_length, fragment_sd or fragment_length / 10) if fragment_length else None
                 download = t.download_run.with_options(retry_delay_seconds=[retry_delay_seconds * 2**i for i in range(3)])
-                report = t.stream_runs(resolved, dirs, index, budget=int(disk_budget), max_downloads=max_downloads,
+                report = t.stream_runs(resolved, dirs, index, targets, budget=int(disk_budget), max_downloads=max_downloads,
                                        threads=threads, fragment=fragment, progress=progress, download_task=download)  # fmt: skip
                 failures.update(report.failed)
         write_failed(dirs, failures)

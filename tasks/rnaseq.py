@@ -10,7 +10,6 @@ import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from genoflows.fetch import PermanentFetchError, fetch
 from genoflows.rnaseq import sources as src
@@ -82,18 +82,15 @@ def resolve_runs(runs: list[Run], species: str, order: list[str]) -> tuple[list[
 
 
 @task(cache_policy=NO_CACHE, task_run_name="kallisto index {transcriptome}")
-def build_index(transcriptome: str) -> Path:
-    """Fetch the FASTA if remote; build (or reuse) the index cached per FASTA content and kallisto version."""
+def build_index(transcriptome: str) -> tuple[Path, list[str]]:
+    """Fetch the FASTA if remote; build (or reuse) the index cached per FASTA content and kallisto version.
+
+    Returns the index and its target ids (in FASTA order), which every quantification is checked against."""
     cache = get_settings().cache_dir
     fasta = local_input(transcriptome, cache / "transcriptomes")
     index, targets = kallisto.ensure_index(fasta, cache, log=log_lines(), provenance_dir=None)
     run_logger().info("kallisto index %s (%d targets)", index, len(targets))
-    return index
-
-
-@lru_cache(maxsize=8)
-def index_targets(index: Path) -> list[str]:
-    return (index.parent / "targets.txt").read_text().split()
+    return index, targets
 
 
 @task(
@@ -111,10 +108,15 @@ def download_run(res: src.ResolvedRun, fastq_root: Path, threads: int = 2, count
 
 @task(cache_policy=NO_CACHE, task_run_name="quant {local.resolved.run.run}")
 def quant_run(
-    local: LocalRun, index: Path, species_root: Path, threads: int = 1, fragment: tuple[float, float] | None = None
+    local: LocalRun,
+    index: Path,
+    targets: list[str],
+    species_root: Path,
+    threads: int = 1,
+    fragment: tuple[float, float] | None = None,
 ) -> QuantResult:
-    """kallisto quant into a temp dir, checked, renamed to quant/<run>."""
-    return _quantify(local, index, index_targets(index), SpeciesDirs(species_root), threads=threads,
+    """kallisto quant into a temp dir, checked against the index's targets, renamed to quant/<run>."""
+    return _quantify(local, index, targets, SpeciesDirs(species_root), threads=threads,
                      fragment=fragment, log=log_lines())  # fmt: skip
 
 
@@ -173,6 +175,7 @@ def stream_runs(
     resolved: list[src.ResolvedRun],
     dirs: SpeciesDirs,
     index: Path,
+    targets: list[str],
     *,
     budget: int,
     max_downloads: int,
@@ -188,7 +191,8 @@ def stream_runs(
         max_downloads=max_downloads,
         quant_workers=quant_workers,
         download=lambda res: download_task(res, dirs.fastq, threads, progress.counter),
-        quant=lambda res, local: quant_run(local, index, dirs.root, 1, fragment),
+        # quote: Prefect would otherwise walk the (maybe 100k-long) target list on every call looking for futures
+        quant=lambda res, local: quant_run(local, index, quote(targets), dirs.root, 1, fragment),
         cleanup=lambda res: cleanup_run(dirs.fastq, res.run.run),
         on_event=progress,
     )

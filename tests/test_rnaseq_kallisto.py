@@ -140,3 +140,19 @@ def test_merge_refuses_runs_from_different_indices(tmp_path):
     table = RunTable(runs=[], rows=[{"run": "A"}, {"run": "B"}], columns=["run"])
     with pytest.raises(MergeError, match="different kallisto indices"):
         merge_species(dirs, "Sp", table, ["A", "B"])
+
+
+def test_quant_task_uses_the_targets_build_index_returned(settings_env, tmp_path):
+    """build_index hands back the index and its targets; quant_run takes them as given (no file read back)."""
+    from tasks import rnaseq as t
+
+    fasta = tmp_path / "tx.fa"
+    tx = sim.make_transcriptome(fasta, n_genes=6, seed=8)
+    index, targets = t.build_index.fn(str(fasta))
+    assert targets == kallisto.check_fasta(fasta) and index.is_file()
+    dirs = SpeciesDirs(tmp_path / "out" / "Sp")
+    dirs.prepare()
+    run = sim.simulate_run(tx, tmp_path / "g", "SRR4000010", n_fragments=500, seed=5)
+    result = t.quant_run.fn(_local(run, "paired"), index, targets, dirs.root)
+    assert result.n_processed == 500
+    assert list(kallisto.read_abundance(dirs.quant_dir("SRR4000010") / "abundance.tsv")) == targets

@@ -139,8 +139,6 @@ def ensure_index(
                 run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=log, provenance_dir=provenance_dir)
                 if not (tmp / "transcripts.idx").stat().st_size:
                     raise TranscriptomeError(f"kallisto wrote an empty index for {fasta}")
-                (tmp / "targets.txt").write_text("\n".join(targets) + "\n")
-                os.replace(tmp / "targets.txt", dest_dir / "targets.txt")
                 os.replace(tmp / "transcripts.idx", index)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
