@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from filelock import FileLock, Timeout
 from prefect import flow
-from pydantic import ByteSize, Field
+from pydantic import ByteSize, Field, PositiveFloat
 
-from genoflows.rnaseq.config import ConfigError, SpeciesConfig, load_configs
+from genoflows.rnaseq.config import ConfigError, load_configs, params_model
 from genoflows.rnaseq.metadata import load_runs, species_dirname
 from genoflows.rnaseq.stages import SpeciesDirs
 from genoflows.rnaseq.state import plan, write_failed
@@ -35,13 +35,16 @@ def rnaseq_quant(
     threads: Positive = 2,
     max_downloads: Positive = 4,
     disk_budget: ByteSize = ByteSize(40 * 10**9),  # noqa: B008 - pydantic parses "40GB"/"500MB"/int
-    sources: list[Source] = ["ena", "aws"],  # noqa: B006 - Prefect parameters are copied per run
+    sources: Annotated[list[Source], Field(min_length=1)] = ["ena", "aws"],  # noqa: B006 - copied per run
     engine: Literal["kallisto"] = "kallisto",
-    fragment_length: float | None = None,
-    fragment_sd: float | None = None,
+    fragment_length: PositiveFloat | None = None,
+    fragment_sd: PositiveFloat | None = None,
     retry_delay_seconds: float = 2.0,
 ) -> dict[str, object]:
-    """Quantify one species' runs; returns the summary (also published as artifacts)."""
+    """Quantify one species' runs; returns the summary (also published as artifacts).
+
+    These parameters are also what a species entry of `rnaseq_multi_species`'s YAML may hold (`SpeciesConfig`).
+    """
     t0 = time.monotonic()
     logger = run_logger()
     sp = species_dirname(species)
@@ -99,19 +102,20 @@ def rnaseq_quant(
         return {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures, "not_deleted": leftovers}
 
 
+#: A species entry of the multi-species YAML: exactly `rnaseq_quant`'s parameters, limits and defaults.
+SpeciesConfig = params_model(rnaseq_quant.fn, "SpeciesConfig")
+
+
 @flow(name="rnaseq-multi-species", log_prints=True)
 def rnaseq_multi_species(configs: str | list[str]) -> dict[str, object]:
     """Run `rnaseq_quant` per species from YAML configs; one species failing does not stop the others."""
     try:
-        species = load_configs(configs)
+        species = load_configs(configs, SpeciesConfig)
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
     results: dict[str, object] = {}
     for cfg in species:
-        state = rnaseq_quant(**_params(cfg), return_state=True)
-        results[cfg.species] = state.result() if state.is_completed() else f"failed: {state.message}"
+        params = cfg.model_dump()
+        state = rnaseq_quant(**params, return_state=True)
+        results[params["species"]] = state.result() if state.is_completed() else f"failed: {state.message}"
     return results
-
-
-def _params(cfg: SpeciesConfig) -> dict[str, object]:
-    return cfg.model_dump()

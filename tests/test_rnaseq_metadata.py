@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from genoflows.rnaseq.config import ConfigError, SpeciesConfig, load_configs
+from flows.rnaseq_quant import SpeciesConfig
+from genoflows.rnaseq.config import ConfigError, load_configs
 from genoflows.rnaseq.metadata import (
     MetadataError,
     load_runs,
@@ -96,16 +97,43 @@ def test_species_configs(tmp_path):
         "  - {species: Apis mellifera, metadata: meta/am.tsv, transcriptome: am.fa}\n"
         "  - {species: Solenopsis invicta, metadata: [SRR1000001], transcriptome: s3://b/si.fa, disk_budget: 40GB}\n"
     )
-    a, b = load_configs(str(cfg))
+    a, b = load_configs(str(cfg), SpeciesConfig)
     assert a.metadata == str(tmp_path / "meta/am.tsv") and a.out_dir == str(tmp_path / "out")
     assert a.disk_budget == 500 * 10**6 and b.disk_budget == 40 * 10**9 and b.max_downloads == 2
     assert b.metadata == ["SRR1000001"] and b.transcriptome == "s3://b/si.fa"
     single = tmp_path / "one.yaml"
     single.write_text("species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\nsources: [aws]\n")
-    assert load_configs([str(single)])[0].sources == ["aws"]
+    assert load_configs([str(single)], SpeciesConfig)[0].sources == ["aws"]
     single.write_text("species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\nsources: [ftp]\n")
     with pytest.raises(ConfigError, match="one.yaml"):
-        load_configs([str(single)])
+        load_configs([str(single)], SpeciesConfig)
     with pytest.raises(ConfigError, match="cannot read"):
-        load_configs([str(tmp_path / "nope.yaml")])
+        load_configs([str(tmp_path / "nope.yaml")], SpeciesConfig)
     assert SpeciesConfig(species="x y", metadata="m", transcriptome="t", disk_budget=123).disk_budget == 123
+
+
+def test_species_yaml_takes_exactly_the_flow_parameters(tmp_path):
+    """One definition: a YAML entry accepts what rnaseq_quant accepts (names, limits, defaults), nothing else."""
+    import inspect
+
+    import yaml
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    params = inspect.signature(rnaseq_quant.fn).parameters
+    assert list(SpeciesConfig.model_fields) == list(params)
+    for name, p in params.items():
+        if p.default is not p.empty:
+            assert SpeciesConfig.model_fields[name].default == p.default, name
+    cfg = tmp_path / "p.yaml"
+    required = "species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\n"
+    cfg.write_text(required + "max_downloads: 100\nretry_delay_seconds: 0.5\n")
+    (c,) = load_configs(str(cfg), SpeciesConfig)
+    assert c.max_downloads == 100 and c.retry_delay_seconds == 0.5
+    assert rnaseq_quant.validate_parameters(c.model_dump())["max_downloads"] == 100
+    for bad in ("max_downloads: 300", "threads: 0", "sources: []", "sources: [ftp]", "fragment_length: 0", "bogus: 1"):
+        cfg.write_text(required + bad + "\n")
+        with pytest.raises(ConfigError, match="p.yaml"):
+            load_configs(str(cfg), SpeciesConfig)
+        with pytest.raises(Exception, match="(?i)validation|parameter"):
+            rnaseq_quant.validate_parameters({**yaml.safe_load(required), **yaml.safe_load(bad)})

@@ -1,46 +1,35 @@
 """Per-species settings for the multi-species flow, from YAML (one file per species, or one with a list).
 
+A YAML entry holds the parameters of one `rnaseq_quant` call. They are validated by a model built from the
+flow's own signature (`params_model`), so names, types, limits and defaults have one definition: the flow.
 Relative paths inside a YAML file are taken relative to that file, so a project folder can be moved.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
-
-SourceName = Literal["ena", "aws", "ncbi"]
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 
 class ConfigError(ValueError):
     """A species config file is missing, malformed or has bad values."""
 
 
-class SpeciesConfig(BaseModel):
-    """The parameters of one `rnaseq_quant` run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    species: str = Field(description="Scientific name, e.g. 'Camponotus floridanus'.")
-    metadata: str | list[str] = Field(description="amalgkit metadata.tsv (path/URI) or run accessions.")
-    transcriptome: str = Field(description="Transcript FASTA (.fa/.fa.gz), path or URI.")
-    out_dir: str = "data/rnaseq"
-    threads: int = Field(2, ge=1, le=256)
-    max_downloads: int = Field(4, ge=1, le=64)
-    disk_budget: ByteSize = Field(ByteSize(40 * 10**9), description="e.g. '40GB', '500MB' or bytes.")
-    sources: list[SourceName] = Field(default_factory=lambda: ["ena", "aws"])
-    engine: Literal["kallisto"] = "kallisto"
-    fragment_length: float | None = Field(None, gt=0, description="Single-end -l (default from nominal_length).")
-    fragment_sd: float | None = Field(None, gt=0)
-
-    @field_validator("sources")
-    @classmethod
-    def _nonempty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("give at least one source")
-        return v
+def params_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
+    """A pydantic model with exactly `fn`'s parameters (annotations incl. limits, defaults); unknown keys fail."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {
+        p.name: (hints[p.name], ... if p.default is inspect.Parameter.empty else p.default)
+        for p in inspect.signature(fn).parameters.values()
+    }
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=f"The parameters of `{fn.__name__}`.",
+                        **fields)  # fmt: skip
 
 
 def _absolutise(value: object, base: Path) -> object:
@@ -49,10 +38,10 @@ def _absolutise(value: object, base: Path) -> object:
     return value
 
 
-def load_configs(spec: str | list[str]) -> list[SpeciesConfig]:
+def load_configs(spec: str | list[str], model: type[BaseModel]) -> list[BaseModel]:
     """A list of per-species YAML paths, or one YAML holding `species: [{...}, ...]` plus shared keys."""
     paths = [spec] if isinstance(spec, str) else list(spec)
-    out: list[SpeciesConfig] = []
+    out: list[BaseModel] = []
     for p in paths:
         path = Path(p)
         try:
@@ -68,7 +57,7 @@ def load_configs(spec: str | list[str]) -> list[SpeciesConfig]:
                 if key in merged and not (key == "metadata" and isinstance(merged[key], list)):
                     merged[key] = _absolutise(merged[key], path.parent)
             try:
-                out.append(SpeciesConfig(**merged))
+                out.append(model(**merged))
             except ValidationError as exc:
                 raise ConfigError(f"{path} (species entry {i + 1}): {exc}") from exc
     return out
