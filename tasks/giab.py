@@ -14,16 +14,14 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
-from genoflows.fetch import PermanentFetchError, s3_client
+from genoflows.fetch import s3_client
 from genoflows.giab import catalogue, references, small, source, sv
-from genoflows.giab.query import InputError, ensure_indexed, variant_sites
+from genoflows.giab.query import ensure_indexed, variant_sites
 from genoflows.settings import get_settings
-from genoflows.toolrun import ToolError
 from genoflows.tools import happy, truvari
 from tasks.fetch import fetch_file
-from tasks.runtime import log_lines, retry_unless, run_logger
+from tasks.runtime import log_lines, run_logger
 
 METRICS_COLUMNS = ["sample", "genome", "build", "engine", "type", "filter", "metric", "value"]
 HEADLINE = {
@@ -40,9 +38,6 @@ class ReferenceBundle:
     small: references.LocalTruth | None = None
     sv: references.LocalTruth | None = None
     downloaded: list[str] = field(default_factory=list)
-
-
-NOT_RETRYABLE = (PermanentFetchError, source.SourceError, InputError, ToolError, ValueError)
 
 
 def _fetcher_with(aws_credentials_block: str | None):
@@ -95,13 +90,29 @@ def ensure_references(
     return bundle
 
 
-@task(
-    cache_policy=NO_CACHE,
-    task_run_name="stage {kind} input of {sample_id}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_condition_fn=retry_unless(*NOT_RETRYABLE),  # retry listing hiccups, not bad inputs
-)
+def _forget_replaced_local_copy(found: source.LabInput, dest: Path) -> None:
+    """A local-directory source changed since it was staged: drop the copy so fetch copies it again.
+
+    fetch notices a re-uploaded S3 object by its ETag, but for a local path an existing destination is simply
+    complete; the staged copy is written after its source, so a source newer than the copy was replaced.
+    """
+    if found.uri.startswith("s3://") or not dest.exists():
+        return
+    src = Path(found.uri.removeprefix("file://"))
+    if src.exists() and src.stat().st_mtime_ns > dest.stat().st_mtime_ns:
+        dest.unlink()
+
+
+def _drop_indexes_older_than(data: Path) -> None:
+    """Remove a .tbi/.csi staged or built for an earlier version of `data` (re-fetched since), so it is fetched
+    or built again. Indexes are always written after their data, so an older one belongs to other content;
+    comparing times also covers a run killed between re-fetching the data and replacing its index."""
+    for index in (Path(f"{data}.tbi"), Path(f"{data}.csi")):
+        if index.exists() and index.stat().st_mtime_ns < data.stat().st_mtime_ns:
+            index.unlink()
+
+
+@task(cache_policy=NO_CACHE, task_run_name="stage {kind} input of {sample_id}")
 def stage_query(
     source_uri: str,
     sample_id: str,
@@ -110,17 +121,20 @@ def stage_query(
     file: str | None = None,
     aws_credentials_block: str | None = None,
 ) -> Path:
-    """Find the sample's file in the source, bring it (and its index) next to the outputs, index if needed."""
+    """Find the sample's file in the source, bring it (and its index) next to the outputs, index if needed.
+
+    No retries of its own: the downloads are fetch_file tasks that retry themselves, and retrying around them
+    multiplied the attempts (a 503 was tried up to 15 times). The S3 listing is retried by boto3.
+    """
     client = s3_client(None, aws_credentials_block) if source_uri.startswith("s3://") else None
     found = source.find_input(source_uri, sample_id, kind=kind, file=file, s3_client=client)
     log = run_logger()
     log.info("%s input for %s: %s (%d bytes)%s", kind, sample_id, found.uri, found.size,
              "" if found.index_uri else "; no index next to it")
     dest = Path(dest_dir) / found.name
-    if dest.exists() and dest.stat().st_size != found.size:  # the lab replaced the file: stage it again
-        for stale in (dest, Path(f"{dest}.tbi"), Path(f"{dest}.csi")):
-            stale.unlink(missing_ok=True)
+    _forget_replaced_local_copy(found, dest)
     fetch_file(found.uri, dest, size=found.size, aws_credentials_block=aws_credentials_block)
+    _drop_indexes_older_than(dest)
     if found.index_uri and found.index_name:
         fetch_file(found.index_uri, Path(dest_dir) / found.index_name, aws_credentials_block=aws_credentials_block)
     ensure_indexed(dest, log=log_lines(), provenance_dir=Path(dest_dir).parent)

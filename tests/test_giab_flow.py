@@ -6,13 +6,16 @@ These run real flows (real bcftools and truvari), so they share one world, one m
 from __future__ import annotations
 
 import asyncio
+import copy
 import csv
+import gzip
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import boto3
+import pysam
 import pytest
 
 from genoflows.giab import catalogue, demo_data
@@ -206,6 +209,117 @@ def test_checksum_mismatch_is_retried_then_fails_leaving_nothing(prefect_harness
     bed = env.reference_dir / t.bed.relpath
     assert not bed.exists() and not Path(f"{bed}.part").exists()
     assert t.bed.relpath not in json.loads((env.reference_dir / MANIFEST_NAME).read_text())
+
+
+def test_a_lab_download_failing_for_good_is_retried_by_the_fetch_task_alone(prefect_harness, env, world, lab_bucket,
+                                                                             fast_retries, monkeypatch, tmp_path):
+    """A 503 on the lab's file: fetch_file tries 1 + 4 times; stage_query must not multiply that by its own retries."""
+    import tasks.fetch
+    from genoflows.fetch import TransientFetchError
+    from tasks.giab import stage_query
+
+    sid = world.sample_id(HG4)
+    gvcf = f"{lab_bucket}/{sid}.g.vcf.gz"
+    attempts: list[str] = []
+    real_fetch = tasks.fetch.fetch
+
+    def unavailable(uri, dest, **kwargs):
+        if uri == gvcf:
+            attempts.append(uri)
+            raise TransientFetchError(f"{uri}: S3 error ServiceUnavailable; will retry")
+        return real_fetch(uri, dest, **kwargs)
+
+    monkeypatch.setattr(tasks.fetch, "fetch", unavailable)
+    with pytest.raises(TransientFetchError, match="ServiceUnavailable"):
+        stage_query(lab_bucket, sid, tmp_path / "input")
+    assert len(attempts) == 5
+
+
+def _level0_bgzf(text: str, dst: Path) -> Path:
+    """BGZF without compression: the file size depends only on the text length, so same-size edits are easy."""
+    with pysam.BGZFile(str(dst), "wb0") as fh:
+        fh.write(text.encode())
+    return dst
+
+
+def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, str, dict]:
+    """(original gVCF text, replacement of the same length, expected counts of the replacement).
+
+    The replacement calls one plain TP SNP (0/1 in truth and query, inside the confident regions) 1/1: by the
+    GA4GH rules that is a genotype error, truth FN + query FP.gt, in ALL and PASS. It also shifts the records
+    before it by one byte (a header line one character shorter, that record's QUAL one longer), so an index of
+    the original no longer fits the replacement.
+    """
+    g = world.genomes[hg]
+    truth = {(r.chrom, r.pos): r for r in g.truth}
+    rec = next(
+        r for r in g.query
+        if len(r.alts) == 1 and len(r.ref) == len(r.alts[0]) == 1 and r.gt == "0/1" and r.filter in ("PASS", ".")
+        and (t := truth.get((r.chrom, r.pos))) is not None and (t.ref, t.alts, t.gt) == (r.ref, r.alts, r.gt)
+        and any(s < r.pos <= e for s, e in demo_data.CONFIDENT[r.chrom])
+    )
+    with gzip.open(world.lab / f"{g.sample_id}.g.vcf.gz", "rt") as fh:
+        original = fh.read()
+    lines = original.splitlines(keepends=True)
+    chrom_line = next(i for i, ln in enumerate(lines) if ln.startswith("#CHROM"))
+    first, second = list(lines), list(lines)
+    first.insert(chrom_line, "##upload=first\n")
+    second.insert(chrom_line, "##upload=redo\n")
+    i = next(i for i, ln in enumerate(second) if ln.startswith(f"chr{rec.chrom}\t{rec.pos}\t"))
+    cols = second[i].split("\t")
+    assert cols[5].endswith(".0") and cols[9].startswith("0/1:")
+    cols[5] += "0"
+    cols[9] = "1/1:" + cols[9][4:]
+    second[i] = "\t".join(cols)
+    expected = copy.deepcopy(g.expected)
+    for flt in ("ALL", "PASS"):
+        row = expected.counts[("SNP", flt)]
+        row["TRUTH.TP"] -= 1
+        row["TRUTH.FN"] += 1
+        row["QUERY.FP"] += 1
+        row["FP.gt"] += 1
+    return "".join(first), "".join(second), expected
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_a_lab_file_replaced_by_one_of_the_same_size_is_benchmarked_anew(where, prefect_harness, env, world,
+                                                                         lab_bucket, moto_endpoint, tmp_path):
+    """The lab re-uploads a corrected gVCF under the same name, same size, no index: the next run stages the new
+    bytes, rebuilds the index for them and counts the new calls."""
+    from tests.test_giab_references import _index_is_whole
+
+    sid = world.sample_id(HG4)
+    name = f"{sid}.g.vcf.gz"
+    first_text, second_text, expected_second = _same_size_replacement(world, HG4)
+    for d in ("first", "second", "lab"):
+        (tmp_path / d).mkdir()
+    first = _level0_bgzf(first_text, tmp_path / "first" / name)
+    second = _level0_bgzf(second_text, tmp_path / "second" / name)
+    assert first.stat().st_size == second.stat().st_size and first.read_bytes() != second.read_bytes()
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    src = "s3://giab-lab/reupload" if where == "s3" else str(tmp_path / "lab")
+
+    def put(path: Path) -> None:
+        if where == "s3":
+            s3.upload_file(str(path), "giab-lab", f"reupload/{name}")
+        else:
+            shutil.copyfile(path, tmp_path / "lab" / name)
+
+    out = tmp_path / "out"
+    staged = out / sid / "input" / name
+
+    put(first)
+    state = _run(sample_id=sid, source=src, out_dir=out, engine="bcftools")
+    assert state.is_completed(), state
+    _assert_small_metrics(_metrics(state.result()), world.genomes[HG4].expected)
+    assert staged.read_bytes() == first.read_bytes() and _index_is_whole(staged)
+
+    put(second)
+    state = _run(sample_id=sid, source=src, out_dir=out, engine="bcftools")
+    assert state.is_completed(), state
+    assert staged.read_bytes() == second.read_bytes()
+    assert _index_is_whole(staged)
+    _assert_small_metrics(_metrics(state.result()), expected_second)
 
 
 def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness, env, world, mirror, tmp_path):
