@@ -121,6 +121,43 @@ def test_largest_first_and_backfill():
     assert admitted == ["r01", "r00", "r02"]  # 900 first; then 100 fits beside it while 200 must wait
 
 
+
+def test_a_smaller_run_never_takes_the_bytes_the_head_run_is_about_to_get():
+    """Budget 1000: j1 (700) and j2 (100) start. When j1 ends, j0 (500) starts and 500 bytes stay free but the
+    head j3 (500) does not fit. It will once j2 ends; j4 (400) fits now, but taking those bytes would keep j3
+    waiting for a 500-byte run to end, and j3, the biggest left, would end alone at the tail. So j4 waits."""
+    gates = {key: threading.Event() for key in ("j0", "j1", "j2", "j3", "j4")}
+
+    def download(key: str) -> str:
+        assert gates[key].wait(10), f"{key} was never released"
+        return key
+
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=8, quant_workers=8, download=download,
+                            quant=lambda p, local: p, cleanup=lambda p: None)  # fmt: skip
+    sizes = {"j0": 500, "j1": 700, "j2": 100, "j3": 500, "j4": 400}
+    out = {}
+    runner = threading.Thread(target=lambda: out.update(report=sched.run([Job(k, n, k) for k, n in sizes.items()])))
+    runner.start()
+
+    def until(kind: str, key: str) -> None:
+        deadline = time.monotonic() + 5
+        while not any(k == kind and j == key for _, k, j in list(sched.report.events)):
+            assert time.monotonic() < deadline, f"no {kind} {key}: {sched.report.events}"
+            time.sleep(0.005)
+        time.sleep(0.05)  # let the scheduler finish that admission round
+
+    until("admitted", "j2")  # fits beside j1 without delaying the head j0: j1 ending frees enough for it
+    gates["j1"].set()
+    until("admitted", "j0")
+    gates["j2"].set()
+    until("quantified", "j2")
+    for gate in gates.values():
+        gate.set()
+    runner.join(10)
+    admitted = [key for _, kind, key in out["report"].events if kind == "admitted"]
+    assert admitted == ["j1", "j2", "j0", "j3", "j4"] and len(out["report"].done) == 5
+
+
 def test_context_is_carried_into_worker_threads():
     var: contextvars.ContextVar[str] = contextvars.ContextVar("flow", default="none")
     var.set("flow-run-1")
@@ -153,9 +190,9 @@ def test_undeletable_files_keep_their_bytes_and_the_rest_fails_clearly():
 
     sched = StreamScheduler(budget_bytes=1000, max_downloads=2, quant_workers=1, download=lambda p: p,
                             quant=lambda p, local: "ok", cleanup=cleanup, on_event=broken_progress)  # fmt: skip
-    report = sched.run([Job("r00", 800, "r00"), Job("r01", 500, "r01")])
-    assert report.done == {"r00": "ok"} and "PermissionError" in report.cleanup_failed["r00"]
-    assert "disk budget exhausted" in report.failed["r01"] and sched.budget.reserved == 800
+    report = sched.run([Job("r00", 800, "r00"), Job("r01", 500, "r01"), Job("r02", 100, "r02")])
+    assert report.done == {"r00": "ok", "r02": "ok"} and "PermissionError" in report.cleanup_failed["r00"]
+    assert "disk budget exhausted: 800 B of 1.0 kB" in report.failed["r01"] and sched.budget.reserved == 800
 
 
 def _chattr(flag: str, path: Path) -> bool:

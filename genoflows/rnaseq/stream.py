@@ -2,9 +2,15 @@
 
 A run reserves its bytes before its download starts and gives them back once its FASTQs are deleted, so
 the sum of reservations bounds the disk. Downloads run up to `max_downloads` at a time, quantifications
-up to `quant_workers`; a run is quantified as soon as its download is verified, and every freed byte
-admits the next run that fits. Runs are admitted largest first (their sizes are resolved up front), so
-the last downloads, when fewer than `max_downloads` remain, are short. One run failing is recorded and the rest go on.
+up to `quant_workers`; a run is quantified as soon as its download is verified, and freed bytes admit
+the next runs. One run failing is recorded and the rest go on.
+
+Admission order is largest first (sizes are resolved up front), so the last downloads, when fewer than
+`max_downloads` remain, are short. When the largest waiting run (the head) does not fit, a smaller run may
+go first only if it cannot delay the head by bytes: every in-flight run whose release alone would make room
+for the head must still make room for it with the smaller run added. (Download slots are not held for the
+head: when it fits it waits at most for one download to end.) A run that can never fit because bytes are
+held by files that could not be deleted is failed at once, and smaller runs go on.
 
 The three steps are plain callables, so the logic is tested with fakes; the flow passes functions that
 call Prefect tasks. Work runs in a thread pool and each submission carries a copy of the caller's
@@ -106,6 +112,7 @@ class StreamScheduler:
         self.largest_first = largest_first
         self.report = StreamReport()
         self._t0 = 0.0
+        self._held = 0  # bytes of runs whose files could not be deleted: reserved for good
 
     def _event(self, kind: str, key: str, info: Any = None) -> None:
         self.report.events.append((time.monotonic() - self._t0, kind, key))
@@ -125,9 +132,21 @@ class StreamScheduler:
             self._cleanup(job.payload)
         except Exception as exc:  # noqa: BLE001 - recorded; the disk is still in use, so is the budget
             self.report.cleanup_failed[job.key] = _reason(exc)
+            self._held += job.need_bytes
             self._event("cleanup_failed", job.key, _reason(exc))
             return
         self.budget.release(job.need_bytes)
+
+    def _exhausted(self, job: Job) -> None:
+        self._fail(job, f"disk budget exhausted: {human_bytes(self._held)} of {human_bytes(self.budget.capacity)} "
+                        f"still held by runs whose files could not be deleted ({', '.join(self.report.cleanup_failed)})")  # fmt: skip
+
+    def _may_pass(self, head: Job, job: Job, in_flight: list[int]) -> bool:
+        """May `job` start before the blocked `head`? Only if no single release that would admit the head is
+        made too small by it (durations are unknown, so any in-flight run may end first)."""
+        free = self.budget.capacity - self.budget.reserved
+        enough = [n for n in in_flight if free + n >= head.need_bytes]
+        return bool(enough) and job.need_bytes <= free + min(enough) - head.need_bytes
 
     def run(self, jobs: Iterable[Job]) -> StreamReport:
         self._t0 = time.monotonic()
@@ -139,7 +158,7 @@ class StreamScheduler:
                                 "raise disk_budget to run it")  # fmt: skip
             else:
                 pending.append(job)
-        if self.largest_first:  # sizes are known up front: big runs first leaves small ones for the tail
+        if self.largest_first:  # sizes are known up front: big runs first leave small ones for the tail
             pending.sort(key=lambda j: -j.need_bytes)
         downloads: dict[Future, Job] = {}
         quants: dict[Future, Job] = {}
@@ -155,20 +174,24 @@ class StreamScheduler:
                     job, local = ready.popleft()
                     quants[submit(self._quant, job.payload, local)] = job
                     self._event("quant_started", job.key)
-                i = 0
+                in_flight = [j.need_bytes for j in (*downloads.values(), *quants.values(), *(j for j, _ in ready))]
+                i = 0  # pending[0] is the head; pending[i > 0] may pass it (see the module docstring)
                 while len(downloads) < self.max_downloads and i < len(pending):
-                    if self.budget.try_reserve(pending[i].need_bytes):  # backfill: smaller runs may pass a big one
-                        job = pending.pop(i)
+                    job = pending[i]
+                    if i == 0 and job.need_bytes > self.budget.capacity - self._held:
+                        self._exhausted(pending.pop(0))  # can never fit: do not let it block the rest
+                    elif (i == 0 or self._may_pass(pending[0], job, in_flight)) and self.budget.try_reserve(job.need_bytes):
+                        pending.pop(i)
                         downloads[submit(self._download, job.payload)] = job
+                        in_flight.append(job.need_bytes)
                         self._event("admitted", job.key, job.need_bytes)
                     else:
                         i += 1
                 if not downloads and not quants:
                     if ready:
                         continue  # the top of the loop admits it
-                    for job in pending:  # nothing runs, yet nothing fits: bytes are held by undeletable files
-                        self._fail(job, f"disk budget exhausted: {human_bytes(self.budget.reserved)} still held by "
-                                        f"runs whose files could not be deleted ({', '.join(self.report.cleanup_failed)})")  # fmt: skip
+                    for job in pending:  # unreachable: with nothing running the head fits or has been failed
+                        self._exhausted(job)
                     break
                 done, _ = wait([*downloads, *quants], return_when=FIRST_COMPLETED)
                 for fut in done:
