@@ -27,7 +27,7 @@ from genoflows.rnaseq.metadata import Run, RunTable
 from genoflows.rnaseq.stages import LocalRun, QuantResult, SpeciesDirs, TruncatedFastq, cleanup_run
 from genoflows.rnaseq.stages import download_run as _download
 from genoflows.rnaseq.stages import quantify_run as _quantify
-from genoflows.rnaseq.stream import Job, StreamReport, StreamScheduler, human_bytes
+from genoflows.rnaseq.stream import Job, Stopped, StreamReport, StreamScheduler, human_bytes
 from genoflows.settings import get_settings
 from genoflows.toolrun import ToolError
 from genoflows.tools import kallisto
@@ -47,8 +47,8 @@ class ByteCounter:
             self.total += n
 
 
-# Transient fetch errors and md5 mismatches are retried; 404s, bad files and tool errors are not.
-NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError)
+# Transient fetch errors and md5 mismatches are retried; 404s, bad files, tool errors and a stopping flow are not.
+NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError, Stopped)
 
 
 def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
@@ -101,9 +101,16 @@ def build_index(transcriptome: str) -> tuple[Path, list[str]]:
     cache_policy=NO_CACHE,
     task_run_name="download {res.run.run}",
 )
-def download_run(res: src.ResolvedRun, fastq_root: Path, threads: int = 2, counter: ByteCounter | None = None) -> LocalRun:
-    """Fetch and verify one run's reads (retried on transient errors; resumes partial files)."""
-    return _download(res, fastq_root, threads=threads, log=log_lines(), on_bytes=counter.add if counter else None)
+def download_run(
+    res: src.ResolvedRun,
+    fastq_root: Path,
+    threads: int = 2,
+    counter: ByteCounter | None = None,
+    stop: threading.Event | None = None,
+) -> LocalRun:
+    """Fetch and verify one run's reads (retried on transient errors; resumes partial files; ends when `stop` is set)."""
+    return _download(res, fastq_root, threads=threads, log=log_lines(), on_bytes=counter.add if counter else None,
+                     stop=stop)  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE, task_run_name="quant {local.resolved.run.run}")
@@ -186,15 +193,17 @@ def stream_runs(
 ) -> StreamReport:
     """Run every resolved run through download_run -> quant_run -> delete under the disk budget."""
     quant_workers = max(1, threads)
+    stop = threading.Event()  # set by the scheduler when the flow is interrupted or cancelled
     scheduler = StreamScheduler(
         budget_bytes=budget,
         max_downloads=max_downloads,
         quant_workers=quant_workers,
-        download=lambda res: download_task(res, dirs.fastq, threads, progress.counter),
+        download=lambda res: download_task(res, dirs.fastq, threads, progress.counter, stop),
         # quote: Prefect would otherwise walk the (maybe 100k-long) target list on every call looking for futures
         quant=lambda res, local: quant_run(local, index, quote(targets), dirs.root, 1, fragment),
         cleanup=lambda res: cleanup_run(dirs.fastq, res.run.run),
         on_event=progress,
+        stop=stop,
     )
     return scheduler.run(src_jobs(resolved))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from genoflows.rnaseq.stages import cleanup_run
+from genoflows.rnaseq.metadata import Run
+from genoflows.rnaseq.sources import RemoteFile, ResolvedRun
+from genoflows.rnaseq.stages import cleanup_run, download_run
 from genoflows.rnaseq.stream import ByteBudget, Job, StreamScheduler
+from genoflows.testing.http_server import FileServer
 
 
 class FakeDisk:
@@ -221,3 +226,34 @@ def test_an_undeletable_run_dir_fails_cleanup_and_keeps_its_bytes(tmp_path):
         assert sched.budget.reserved == 600 and stuck.exists()
     finally:
         _chattr("-i", stuck)
+
+
+def test_an_interrupt_during_a_long_download_returns_promptly(tmp_path):
+    """Ctrl-C (Prefect's cancellation raises the same way in the flow's thread) while a throttled 3 MB download
+    has ~20 s to go: run() re-raises at once, the download stops at its next chunk, nothing new starts, and
+    the partial file is left for the next flow run's prepare()."""
+    (tmp_path / "srv").mkdir()
+    data = os.urandom(3_000_000)
+    runs = ("SRR7000001", "SRR7000002")
+    for run in runs:
+        (tmp_path / "srv" / f"{run}.fastq.gz").write_bytes(data)
+    stop, started = threading.Event(), threading.Event()
+    with FileServer(tmp_path / "srv", bandwidth_bytes_per_s=150_000) as server:
+        jobs = [Job(run, len(data), ResolvedRun(Run(run, "X", "single"), "explicit",
+                                                (RemoteFile(server.url(f"{run}.fastq.gz"), f"{run}.fastq.gz", len(data)),),
+                                                "single", len(data))) for run in runs]  # fmt: skip
+        sched = StreamScheduler(budget_bytes=len(data) * 2, max_downloads=1, quant_workers=1, stop=stop,
+                                download=lambda r: download_run(r, tmp_path / "fastq", on_bytes=lambda n: started.set(),
+                                                                stop=stop),
+                                quant=lambda r, local: "quantified", cleanup=lambda r: None)  # fmt: skip
+        threading.Thread(target=lambda: started.wait(10) and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sched.run(jobs)
+        assert time.monotonic() - t0 < 3 and stop.is_set()
+        deadline = time.monotonic() + 3
+        while [t for t in threading.enumerate() if t.name.startswith("stream")] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [t for t in threading.enumerate() if t.name.startswith("stream")], "a worker is still running"
+    assert [key for _, kind, key in sched.report.events if kind == "admitted"] == ["SRR7000001"]
+    assert 0 < (tmp_path / "fastq" / "SRR7000001" / "SRR7000001.fastq.gz.part").stat().st_size < len(data)

@@ -13,6 +13,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from genoflows.fetch import fetch
 from genoflows.rnaseq.metadata import Layout
 from genoflows.rnaseq.sources import ResolvedRun
+from genoflows.rnaseq.stream import Stopped
 from genoflows.toolrun import run_tool
 from genoflows.tools import fasterq_dump, kallisto
 
@@ -122,6 +124,11 @@ def verify_fastqs(layout: Layout, files: tuple[Path, ...]) -> int:
     return counts[0]
 
 
+def _check(stop: threading.Event | None, run: str) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped(f"{run}: download stopped, the flow run is stopping")
+
+
 def _resumable_bytes(dest: Path) -> int:
     """Bytes a resumed fetch of `dest` will not transfer again: fetch resumes http(s) from `<dest>.part`."""
     part = dest.with_name(dest.name + ".part")
@@ -136,8 +143,11 @@ def download_run(
     log: Log | None = None,
     on_bytes: Callable[[int], None] | None = None,
     provenance_dir: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> LocalRun:
-    """Fetch (verified, resumable), convert .sra if needed, and make sure the reads are all there."""
+    """Fetch (verified, resumable), convert .sra if needed, and make sure the reads are all there.
+
+    When `stop` is set the download ends at its next chunk with `Stopped`, leaving the partial file."""
     t0 = time.monotonic()
     run = res.run.run
     run_dir = fastq_root / run
@@ -148,17 +158,20 @@ def download_run(
         seen = [_resumable_bytes(run_dir / f.name)]  # already on disk from an earlier attempt: not downloaded now
 
         def progress(done: int, total: int | None, seen: list[int] = seen) -> None:
+            _check(stop, run)
             if done < seen[0]:  # the transfer started over (range ignored, or S3, which does not resume)
                 seen[0] = 0
             if on_bytes and done > seen[0]:
                 on_bytes(done - seen[0])
             seen[0] = max(seen[0], done)
 
+        _check(stop, run)
         result = fetch(f.uri, run_dir / f.name, md5=f.md5, size=f.size, progress=progress)
         got += result.size if result.downloaded else 0
         paths.append(result.path)
     expected = res.expected_fragments
     if res.needs_conversion:
+        _check(stop, run)
         sra = paths[0]
         fasterq_dump.check_sra_magic(sra)
         out, tmp = run_dir / "dump", run_dir / "dump-tmp"

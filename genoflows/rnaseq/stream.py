@@ -12,6 +12,10 @@ for the head must still make room for it with the smaller run added. (Download s
 head: when it fits it waits at most for one download to end.) A run that can never fit because bytes are
 held by files that could not be deleted is failed at once, and smaller runs go on.
 
+Interrupted (Ctrl-C, or Prefect's cancellation, which raises in the flow's thread), `run` sets the `stop`
+event and re-raises at once without waiting for work in flight: nothing new starts, and steps that watch
+the event (downloads, between chunks) end early. What is left on disk is cleared by the next flow run.
+
 The three steps are plain callables, so the logic is tested with fakes; the flow passes functions that
 call Prefect tasks. Work runs in a thread pool and each submission carries a copy of the caller's
 context (what Prefect's ThreadPoolTaskRunner does), so tasks called there belong to the flow run.
@@ -40,6 +44,10 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+class Stopped(RuntimeError):
+    """The stream is stopping (interrupted or cancelled): raised by steps that see the stop event."""
 
 
 class ByteBudget:
@@ -102,6 +110,7 @@ class StreamScheduler:
         cleanup: Callable[[Any], None],
         on_event: Event | None = None,
         largest_first: bool = True,
+        stop: threading.Event | None = None,
     ):
         if max_downloads < 1 or quant_workers < 1:
             raise ValueError("max_downloads and quant_workers must be >= 1")
@@ -110,6 +119,7 @@ class StreamScheduler:
         self._download, self._quant, self._cleanup = download, quant, cleanup
         self._on_event = on_event
         self.largest_first = largest_first
+        self.stop = stop or threading.Event()  # set when run() is interrupted; give it to the steps too
         self.report = StreamReport()
         self._t0 = 0.0
         self._held = 0  # bytes of runs whose files could not be deleted: reserved for good
@@ -148,6 +158,11 @@ class StreamScheduler:
         enough = [n for n in in_flight if free + n >= head.need_bytes]
         return bool(enough) and job.need_bytes <= free + min(enough) - head.need_bytes
 
+    def _start(self, fn: Callable, *args: Any) -> Any:
+        if self.stop.is_set():
+            raise Stopped("the stream is stopping: not started")
+        return fn(*args)
+
     def run(self, jobs: Iterable[Job]) -> StreamReport:
         self._t0 = time.monotonic()
         pending: list[Job] = []
@@ -166,7 +181,7 @@ class StreamScheduler:
         pool = ThreadPoolExecutor(self.max_downloads + self.quant_workers, thread_name_prefix="stream")
 
         def submit(fn: Callable, *args: Any) -> Future:
-            return pool.submit(contextvars.copy_context().run, fn, *args)
+            return pool.submit(contextvars.copy_context().run, self._start, fn, *args)
 
         try:
             while pending or downloads or quants or ready:
@@ -212,8 +227,11 @@ class StreamScheduler:
                             self._finish(job)
                             self.report.done[job.key] = fut.result()
                             self._event("quantified", job.key, fut.result())
+        except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal, or a bug: stop, do not wait
+            self.stop.set()
+            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
             self.report.reserved_high_water = self.budget.high_water
             self.report.wall_seconds = time.monotonic() - self._t0
         return self.report
