@@ -8,7 +8,8 @@ One attempt per call; the Prefect task in `tasks/fetch.py` retries it. The rules
 - errors are split into `TransientFetchError` (5xx, 429, resets, truncation, checksum: retry) and
   `PermanentFetchError` (4xx, AccessDenied, missing object, disk full: do not retry);
 - concurrent fetches of one destination (two flow runs needing the same reference) serialise on a file lock;
-- an S3 object re-uploaded under the same key (a corrected gVCF) is noticed by its ETag and fetched again.
+- a source replaced since it was fetched (an S3 object re-uploaded under the same key, by its ETag; a local
+  file, by its modification time) is fetched again; the old copy stays in place until the new one is verified.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def fetch(
     with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
         scheme = urlparse(uri).scheme
         etag = None
-        if dest.exists() and not (scheme == "s3" and _s3_object_changed(uri, dest, s3_client)):
+        if dest.exists() and not _source_changed(uri, scheme, dest, s3_client):
             return FetchResult(uri, dest, dest.stat().st_size, downloaded=False)
         part = dest.with_name(dest.name + ".part")
         try:
@@ -285,6 +286,17 @@ def classify_s3_error(uri: str, exc: Exception) -> FetchError:
             return TransientFetchError(f"{uri}: S3 error {code}; will retry")
         return PermanentFetchError(f"{uri}: S3 error {code}")
     return TransientFetchError(f"{uri}: {type(exc).__name__}: {exc}; will retry")
+
+
+def _source_changed(uri: str, scheme: str, dest: Path, s3_client) -> bool:
+    """Is the cached `dest` older than its source? S3: the object's ETag changed (one HEAD); a local file:
+    modified after it was copied. HTTP sources (published truth sets, ENA files) are immutable."""
+    if scheme == "s3":
+        return _s3_object_changed(uri, dest, s3_client)
+    if scheme in ("", "file"):
+        src = Path(urlparse(uri).path if uri.startswith("file://") else uri)
+        return src.is_file() and src.stat().st_mtime_ns > dest.stat().st_mtime_ns
+    return False
 
 
 def _etag_record(dest: Path) -> Path:

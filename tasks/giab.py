@@ -90,19 +90,6 @@ def ensure_references(
     return bundle
 
 
-def _forget_replaced_local_copy(found: source.LabInput, dest: Path) -> None:
-    """A local-directory source changed since it was staged: drop the copy so fetch copies it again.
-
-    fetch notices a re-uploaded S3 object by its ETag, but for a local path an existing destination is simply
-    complete; the staged copy is written after its source, so a source newer than the copy was replaced.
-    """
-    if found.uri.startswith("s3://") or not dest.exists():
-        return
-    src = Path(found.uri.removeprefix("file://"))
-    if src.exists() and src.stat().st_mtime_ns > dest.stat().st_mtime_ns:
-        dest.unlink()
-
-
 def _drop_indexes_older_than(data: Path) -> None:
     """Remove a .tbi/.csi staged or built for an earlier version of `data` (re-fetched since), so it is fetched
     or built again. Indexes are always written after their data, so an older one belongs to other content;
@@ -132,7 +119,6 @@ def stage_query(
     log.info("%s input for %s: %s (%d bytes)%s", kind, sample_id, found.uri, found.size,
              "" if found.index_uri else "; no index next to it")
     dest = Path(dest_dir) / found.name
-    _forget_replaced_local_copy(found, dest)
     fetch_file(found.uri, dest, size=found.size, aws_credentials_block=aws_credentials_block)
     _drop_indexes_older_than(dest)
     if found.index_uri and found.index_name:

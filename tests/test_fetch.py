@@ -102,6 +102,10 @@ def test_local_path_and_bad_scheme(tmp_path):
     src.write_text("hello\n")
     out = fetch(str(src), tmp_path / "copy" / "a.txt", sha256=hashlib.sha256(b"hello\n").hexdigest())
     assert out.path.read_text() == "hello\n"
+    assert not fetch(str(src), tmp_path / "copy" / "a.txt").downloaded
+    src.write_text("hullo\n")  # replaced after the copy (mtime set explicitly: coarse clocks)
+    os.utime(src, ns=(src.stat().st_atime_ns, out.path.stat().st_mtime_ns + 10**9))
+    assert fetch(str(src), tmp_path / "copy" / "a.txt").downloaded and out.path.read_text() == "hullo\n"
     with pytest.raises(PermanentFetchError, match="no such file"):
         fetch(str(tmp_path / "nope"), tmp_path / "x")
     with pytest.raises(PermanentFetchError, match="unsupported URI scheme"):
