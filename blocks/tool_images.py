@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from prefect.blocks.core import Block
 from pydantic import Field
+
+_ENV = ("GENOFLOWS_TOOL_IMAGES", "GENOFLOWS_CONTAINER_ENGINE")
 
 
 class ToolImages(Block):
@@ -20,10 +24,28 @@ class ToolImages(Block):
     images: dict[str, str] = Field(default_factory=dict, description="tool name -> image reference")
     engine: str = Field("docker", description="docker or podman")
 
-    def activate(self) -> None:
-        """Apply to this process: the tool runner reads GENOFLOWS_TOOL_IMAGES / GENOFLOWS_CONTAINER_ENGINE."""
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within the block the tool runner uses these images (it reads GENOFLOWS_TOOL_IMAGES and
+        GENOFLOWS_CONTAINER_ENGINE); the previous values come back afterwards, so nothing leaks into the
+        next flow run of a long-lived process."""
         from genoflows.settings import get_settings
 
+        saved = {key: os.environ.get(key) for key in _ENV}
         os.environ["GENOFLOWS_TOOL_IMAGES"] = json.dumps(self.images)
         os.environ["GENOFLOWS_CONTAINER_ENGINE"] = self.engine
         get_settings.cache_clear()
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            get_settings.cache_clear()
+
+
+def using_tool_images(block_name: str | None) -> AbstractContextManager[None]:
+    """The named ToolImages block applied, or nothing when no name is given."""
+    return ToolImages.load(block_name).applied() if block_name else nullcontext()

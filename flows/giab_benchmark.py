@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from blocks.tool_images import ToolImages
+from blocks.tool_images import using_tool_images
 from genoflows.giab import catalogue
 from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
 from genoflows.settings import get_settings
@@ -77,21 +77,20 @@ def giab_benchmark(
         aws_credentials_block: Name of a saved prefect-aws AwsCredentials block for s3:// URIs.
         tool_images_block: Name of a saved ToolImages block (e.g. hap.py in its official image).
     """
-    if tool_images_block:
-        ToolImages.load(tool_images_block).activate()
     hg = check_request(sample_id, build, list(variant_types), truth, file)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
-    refs = ensure_references(
-        build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
-        aws_credentials_block,
-    )
-    small_result = sv_result = None
-    if "small" in variant_types:
-        staged = stage_query(source, sample_id, sample_dir / "input", "small", file, aws_credentials_block)
-        query = prepare_query(staged, sample_id, sample_dir / "query")
-        small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
-    if "sv" in variant_types:
-        sv_file = file if variant_types == ["sv"] else None
-        staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block)
-        sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
+    with using_tool_images(tool_images_block):
+        refs = ensure_references(
+            build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
+            aws_credentials_block,
+        )
+        small_result = sv_result = None
+        if "small" in variant_types:
+            staged = stage_query(source, sample_id, sample_dir / "input", "small", file, aws_credentials_block)
+            query = prepare_query(staged, sample_id, sample_dir / "query")
+            small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
+        if "sv" in variant_types:
+            sv_file = file if variant_types == ["sv"] else None
+            staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block)
+            sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
     return export(sample_id, hg or "custom", build, sample_dir, small_result, sv_result)

@@ -436,8 +436,6 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
         os.execv(os.path.join({str(image_bin)!r}, argv[0]), argv)
         """))
     engine.chmod(0o755)
-    monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", "{}")  # restored after the test: activate() sets both
-    monkeypatch.setenv("GENOFLOWS_CONTAINER_ENGINE", "docker")
     ToolImages(images={"hap.py": "localhost/hap.py:fake"}, engine=str(engine)).save("happy-image", overwrite=True)
     _version_of.cache_clear()
     try:
@@ -454,3 +452,6 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
     assert "localhost/hap.py:fake hap.py" in calls.read_text()
     provenance = (tmp_path / "out" / world.sample_id(HG4) / "provenance.jsonl").read_text()
     assert '"image": "localhost/hap.py:fake"' in provenance and '"version": "0.3.15"' in provenance
+    from genoflows.settings import get_settings
+
+    assert get_settings().tool_images == {}  # the block applied to that flow run only
