@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,9 +78,18 @@ def image_for(tool: str) -> str | None:
     return get_settings().tool_images.get(tool)
 
 
+def which(tool: str) -> str | None:
+    """The executable for `tool`: on PATH, else beside this interpreter (tools pip installed into the venv,
+    such as truvari, when the venv is not activated, e.g. under a Prefect worker)."""
+    found = shutil.which(tool)
+    if found is None and os.sep not in tool:
+        found = shutil.which(tool, path=str(Path(sys.executable).parent))
+    return found
+
+
 def is_available(tool: str) -> bool:
     """True when `tool` can run here: on PATH or through a configured image."""
-    return shutil.which(tool) is not None or image_for(tool) is not None
+    return which(tool) is not None or image_for(tool) is not None
 
 
 def container_argv(image: str, argv: Sequence[str], mounts: Sequence[Path], workdir: Path | None) -> list[str]:
@@ -95,12 +105,11 @@ def container_argv(image: str, argv: Sequence[str], mounts: Sequence[Path], work
 
 @lru_cache(maxsize=64)
 def _version_of(tool: str, image: str | None) -> str:
-    argv0 = tool
     spec = VERSION_COMMANDS.get(tool)
     if spec is None:
         return "unknown"
     args, pattern = spec
-    cmd = [argv0, *args]
+    cmd = [tool if image else (which(tool) or tool), *args]
     if image:
         cmd = container_argv(image, cmd, [], None)
     try:
@@ -136,12 +145,12 @@ def run_tool(
     argv = [str(a) for a in argv]
     tool = _tool_name(argv[0])
     image = image_for(tool) if use_image else None
-    if image is None and shutil.which(argv[0]) is None:
+    if image is None and (local := which(argv[0])) is None:
         raise ToolNotFound(
             f"{tool} is not installed: install it (make setup installs the Debian tools) or set "
             f"GENOFLOWS_TOOL_IMAGES='{{\"{tool}\": \"<image>\"}}' to run it in a container"
         )
-    cmd = container_argv(image, argv, [*mounts, *([cwd] if cwd else [])], cwd) if image else argv
+    cmd = container_argv(image, argv, [*mounts, *([cwd] if cwd else [])], cwd) if image else [local, *argv[1:]]
     version = tool_version(tool)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     started = datetime.now(UTC).isoformat(timespec="seconds")

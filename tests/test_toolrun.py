@@ -51,3 +51,14 @@ def test_container_wrapping(monkeypatch, tmp_path):
         get_settings.cache_clear()
     assert argv[:2] == ["podman", "run"] and f"{tmp_path}:{tmp_path}" in argv
     assert argv[-3:] == ["pkrusche/hap.py:v0.3.12", "hap.py", "t.vcf"]
+
+
+def test_tools_pip_installed_in_the_venv_run_without_an_activated_venv(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from genoflows.toolrun import which
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as under a worker started without the venv on PATH
+    assert which("truvari") == str(Path(sys.executable).parent / "truvari")
+    run = run_tool(["truvari", "version"], provenance_dir=tmp_path)
+    assert run.version[0].isdigit() and read_provenance(tmp_path)[0]["tool"] == "truvari"

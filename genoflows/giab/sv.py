@@ -38,7 +38,6 @@ def run_truvari(
     provenance_dir: Path | None = None,
 ) -> SvResult:
     """Bench `query_vcf` against `truth_vcf` twice: all calls (`truvari/`) and PASS calls only (`truvari-pass/`)."""
-    truvari.ensure_on_path()
     out_dir = Path(out_dir)
     work = out_dir / "work"
     if reference is not None:

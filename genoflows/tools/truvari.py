@@ -1,14 +1,12 @@
 """truvari (ACEnglish/truvari, 5.x): `truvari bench` command line and its summary.json.
 
-truvari installs with pip into the project venv; `ensure_on_path` makes the venv's bin directory visible to
-subprocesses when the interpreter was started without activating the venv.
+truvari installs with pip into the project venv; the tool runner finds it there even when the venv is not
+activated (`genoflows.toolrun.which`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 TOOL = "truvari"
@@ -35,14 +33,6 @@ COUNT_KEYS = {"TP-base", "TP-comp", "FP", "FN", "base cnt", "comp cnt", "TP-comp
 
 class TruvariSummaryError(ValueError):
     """summary.json is missing or lacks the keys truvari always writes."""
-
-
-def ensure_on_path() -> None:
-    """Put this interpreter's bin directory (the venv's, where pip put truvari) on PATH if it is not there."""
-    bindir = str(Path(sys.executable).parent)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if bindir not in parts:
-        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
 
 
 def bench_argv(
