@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,10 @@ class ToolError(RuntimeError):
         self.tool, self.argv, self.returncode, self.tail = tool, list(argv), returncode, list(tail)
         last = "\n".join(f"    {line}" for line in tail) or "    (no output)"
         super().__init__(f"{tool} exited with code {returncode}: {' '.join(self.argv)}\n  last output:\n{last}")
+
+
+class ToolStopped(ToolError):
+    """The tool was terminated because its caller asked to stop (a cancelled or interrupted flow run)."""
 
 
 class ToolNotFound(RuntimeError):
@@ -136,11 +141,14 @@ def run_tool(
     stdout_path: Path | None = None,
     tail_lines: int = 30,
     use_image: bool = True,
+    stop: threading.Event | None = None,
 ) -> ToolRun:
     """Run argv (no shell), streaming output lines to `log`; raise ToolError on a non-zero exit.
 
     If the tool has a container image configured it runs there, with `mounts` (and cwd) bound at the same
     paths. `stdout_path` captures stdout to a file (for tools whose stdout is data); stderr is then streamed.
+    Setting `stop` terminates the tool (SIGTERM, then SIGKILL) and raises ToolStopped: a cancelled flow run
+    does not wait for a long quantification to finish.
     """
     argv = [str(a) for a in argv]
     tool = _tool_name(argv[0])
@@ -165,6 +173,8 @@ def run_tool(
             stdout=out_handle if out_handle else subprocess.PIPE,
             stderr=subprocess.PIPE if out_handle else subprocess.STDOUT,
         )
+        if stop is not None:
+            threading.Thread(target=_terminate_when, args=(proc, stop), daemon=True).start()
         stream = proc.stderr if out_handle else proc.stdout
         assert stream is not None
         for raw in stream:
@@ -189,8 +199,21 @@ def run_tool(
     if provenance_dir is not None:
         record_provenance(provenance_dir, record)
     if returncode != 0:
+        if stop is not None and stop.is_set():
+            raise ToolStopped(tool, argv, returncode, list(tail))
         raise ToolError(tool, argv, returncode, list(tail))
     return record
+
+
+def _terminate_when(proc: subprocess.Popen, stop: threading.Event) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.25):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return
 
 
 def record_provenance(directory: Path, record: ToolRun) -> None:

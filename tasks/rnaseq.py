@@ -121,10 +121,11 @@ def quant_run(
     species_root: Path,
     threads: int = 1,
     fragment: tuple[float, float] | None = None,
+    stop: threading.Event | None = None,
 ) -> QuantResult:
     """kallisto quant into a temp dir, checked against the index's targets, renamed to quant/<run>."""
     return _quantify(local, index, targets, SpeciesDirs(species_root), threads=threads,
-                     fragment=fragment, log=log_lines())  # fmt: skip
+                     fragment=fragment, log=log_lines(), stop=stop)  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE, task_run_name="merge {species}")
@@ -200,7 +201,7 @@ def stream_runs(
         quant_workers=quant_workers,
         download=lambda res: download_task(res, dirs.fastq, threads, progress.counter, stop),
         # quote: Prefect would otherwise walk the (maybe 100k-long) target list on every call looking for futures
-        quant=lambda res, local: quant_run(local, index, quote(targets), dirs.root, 1, fragment),
+        quant=lambda res, local: quant_run(local, index, quote(targets), dirs.root, 1, fragment, stop),
         cleanup=lambda res: cleanup_run(dirs.fastq, res.run.run),
         on_event=progress,
         stop=stop,

@@ -62,3 +62,18 @@ def test_tools_pip_installed_in_the_venv_run_without_an_activated_venv(monkeypat
     assert which("truvari") == str(Path(sys.executable).parent / "truvari")
     run = run_tool(["truvari", "version"], provenance_dir=tmp_path)
     assert run.version[0].isdigit() and read_provenance(tmp_path)[0]["tool"] == "truvari"
+
+
+def test_stop_terminates_a_running_tool(tmp_path):
+    import threading
+    import time
+
+    from genoflows.toolrun import ToolStopped
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(ToolStopped):
+        run_tool(["sleep", "60"], stop=stop, provenance_dir=tmp_path)
+    assert time.monotonic() - t0 < 5
+    assert read_provenance(tmp_path)[0]["returncode"] < 0  # ended by a signal, and recorded

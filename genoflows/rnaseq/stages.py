@@ -177,7 +177,7 @@ def download_run(
         out, tmp = run_dir / "dump", run_dir / "dump-tmp"
         shutil.rmtree(out, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, provenance_dir=provenance_dir)
+        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, provenance_dir=provenance_dir, stop=stop)
         shutil.rmtree(tmp, ignore_errors=True)
         sra.unlink()
         layout, files = fasterq_dump.collect_outputs(out, run)
@@ -198,8 +198,10 @@ def quantify_run(
     threads: int = 1,
     fragment: tuple[float, float] | None = None,
     log: Log | None = None,
+    stop: threading.Event | None = None,
 ) -> QuantResult:
-    """kallisto into a temp dir, check everything, then rename to quant/<run> (the done marker)."""
+    """kallisto into a temp dir, check everything, then rename to quant/<run> (the done marker).
+    Setting `stop` terminates kallisto; the temp dir is removed and nothing is marked done."""
     t0 = time.monotonic()
     run = local.run
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=dirs.quant))
@@ -207,7 +209,7 @@ def quantify_run(
         if local.layout == "single" and fragment is None:
             fragment = kallisto.single_end_fragment(local.resolved.run.nominal_length)
         argv = kallisto.quant_argv(index, tmp, local.files, local.layout, threads=threads, fragment=fragment)
-        run_tool(argv, log=log, provenance_dir=tmp)
+        run_tool(argv, log=log, provenance_dir=tmp, stop=stop)
         info = kallisto.check_quant(tmp, targets, local.expected_fragments)
         for extra in tmp.iterdir():
             if extra.name not in ("abundance.tsv", "run_info.json", "provenance.jsonl"):
