@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from filelock import FileLock, Timeout
 from prefect import flow
+from prefect.states import Completed
 from pydantic import ByteSize, Field, PositiveFloat
 
 from genoflows.rnaseq.config import ConfigError, load_configs, params_model
@@ -99,7 +100,12 @@ def rnaseq_quant(
         leftovers = report.cleanup_failed if report else {}
         if leftovers:
             logger.error("could not delete the FASTQs of %s (still on disk, still in the budget)", leftovers)
-        return {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures, "not_deleted": leftovers}
+        result = {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures, "not_deleted": leftovers}
+        # The run stays Completed (the other runs' work is done and kept); its state message says what failed.
+        message = f"{sp}: {summary['quantified']} of {len(table.runs)} runs quantified"
+        if failures:
+            message += f", {len(failures)} failed (see {dirs.root / 'failed.tsv'})"
+        return Completed(message=message, data=result)
 
 
 #: A species entry of the multi-species YAML: exactly `rnaseq_quant`'s parameters, limits and defaults.

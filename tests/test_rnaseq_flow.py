@@ -169,7 +169,9 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     # rerun: completed runs are not touched, not even resolved; only failed ones are tried again
     before = len(server.requests)
     stamp = (sp / "quant" / "SRR5000001" / "abundance.tsv").stat()
-    summary2 = rnaseq_quant(**params(root, "out"))
+    state2 = rnaseq_quant(**params(root, "out"), return_state=True)
+    assert state2.is_completed() and state2.message.endswith(f"5 of 9 runs quantified, 4 failed (see {sp}/failed.tsv)")
+    summary2 = state2.result()
     new = server.requests[before:]
     assert summary2["newly_quantified"] == 0 and summary2["failed"] == 4
     assert not [r for r in new if any(run in r.path for run in done)]
