@@ -66,7 +66,7 @@ def fetch(
     progress: Progress | None = None,
     s3_client=None,
 ) -> FetchResult:
-    """Fetch `uri` to `dest` unless `dest` already exists; verify; rename into place."""
+    """Fetch `uri` to `dest` unless `dest` is already there and its source unchanged; verify; rename into place."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
