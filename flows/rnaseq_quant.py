@@ -27,7 +27,7 @@ Source = Literal["ena", "aws", "ncbi"]
 Positive = Annotated[int, Field(ge=1, le=256)]
 
 
-@flow(name="rnaseq-quant", log_prints=True)
+@flow(name="rnaseq-quant", flow_run_name="{species}", log_prints=True)
 def rnaseq_quant(
     metadata: str | list[str],
     species: str,
