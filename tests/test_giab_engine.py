@@ -203,6 +203,17 @@ def test_multiallelic_mnp_sharing_a_base_keeps_the_hom_genotype(world, tmp_path)
         assert rows[("SNP", flt)]["QUERY.TOTAL.het_hom_ratio"] == 1.0
 
 
+def test_a_het_call_written_twice_stays_het(world, tmp_path):
+    """Two records of the same het SNP on the same haplotype (a duplicated line) are one 0/1 call, not a 1/1."""
+    p = 30_501
+    ref, alt = SEQ[p - 1], _other(SEQ[p - 1])
+    truth = [(p, ref, alt, "0/1", "PASS")]
+    query = [(p, ref, alt, "0/1", "PASS"), (p, ref, alt, "0/1", "PASS")]
+    rows = _bench(world, tmp_path, truth, query)
+    counts = _counts(rows[("SNP", "ALL")])
+    assert (counts["TRUTH.TP"], counts["TRUTH.FN"], counts["FP.gt"]) == (1, 0, 0), counts
+
+
 def test_filtered_truth_records_are_not_benchmarked(world, tmp_path):
     """hap.py uses only PASS/`.` truth records (--usefiltered-truth is opt-in): a FILTERed truth record is neither
     a truth variant (no FN when missed) nor a match (a call of it is a plain FP, without a local match)."""

@@ -173,22 +173,24 @@ class SmallResult:
 # --- reading ------------------------------------------------------------------------------------------------
 
 
-def _genotype(rec: pysam.VariantRecord) -> tuple[int, int]:
+def _alt_slots(rec: pysam.VariantRecord) -> tuple[frozenset[int], int]:
+    """Which genotype positions carry the ALT (1/0 -> {0}, 0/1 -> {1}, 1/1 -> {0, 1}), and the ploidy."""
     if not rec.samples:
-        return 0, 0
+        return frozenset(), 0
     gt = rec.samples[0].get("GT") or ()
-    return sum(1 for a in gt if a == 1), len(gt)
+    return frozenset(i for i, a in enumerate(gt) if a == 1), len(gt)
 
 
 def read_calls(vf: pysam.VariantFile, chrom: str) -> dict[tuple[int, str, str], Call]:
     """The normalised calls on `chrom` that carry the ALT allele, keyed by (pos, ref, alt).
 
     Symbolic alleles (`<DEL>`) and spanning deletions (`*`) are not small variants and are skipped. Records
-    that land on the same key are one allele seen from several haplotypes (a `1/2` MNP whose alleles share a
-    base splits into `1/0` + `0/1` of that base), so their ALT copies add up, capped at the ploidy; the merged
-    call counts as PASS only when every part passed.
+    that land on the same key merge by haplotype: a `1/2` MNP whose alleles share a base splits into `1/0` +
+    `0/1` of that base, which together are `1/1`; a record repeated on the same haplotype (`0/1` twice) stays
+    `0/1`. The merged call counts as PASS only when every part passed.
     """
     calls: dict[tuple[int, str, str], Call] = {}
+    slots: dict[tuple[int, str, str], frozenset[int]] = {}
     try:
         records = vf.fetch(chrom)
     except ValueError:
@@ -199,19 +201,18 @@ def read_calls(vf: pysam.VariantFile, chrom: str) -> dict[tuple[int, str, str], 
         alt = rec.alts[0].upper()
         if alt.startswith("<") or alt == "*" or "[" in alt or "]" in alt:
             continue
-        alt_count, ploidy = _genotype(rec)
-        if alt_count == 0:
+        alt_slots, ploidy = _alt_slots(rec)
+        if not alt_slots:
             continue
         filters = list(rec.filter.keys())
-        call = Call(rec.pos, rec.ref.upper(), alt, alt_count, ploidy, filters in ([], ["PASS"]))
+        call = Call(rec.pos, rec.ref.upper(), alt, len(alt_slots), ploidy, filters in ([], ["PASS"]))
         prev = calls.get(call.key)
         if prev is not None:
+            alt_slots |= slots[call.key]
             ploidy = max(prev.ploidy, call.ploidy)
-            call = Call(
-                call.pos, call.ref, alt, min(prev.alt_count + call.alt_count, ploidy), ploidy,
-                prev.passed and call.passed,
-            )
+            call = Call(call.pos, call.ref, alt, len(alt_slots), ploidy, prev.passed and call.passed)
         calls[call.key] = call
+        slots[call.key] = alt_slots
     return calls
 
 
