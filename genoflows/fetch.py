@@ -71,7 +71,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
         scheme = urlparse(uri).scheme
-        etag = None
+        signature = None  # what identifies this version of the source, recorded next to the copy
         if dest.exists() and not _source_changed(uri, scheme, dest, s3_client):
             return FetchResult(uri, dest, dest.stat().st_size, downloaded=False)
         part = dest.with_name(dest.name + ".part")
@@ -80,8 +80,9 @@ def fetch(
                 _fetch_http(uri, part, size=size, progress=progress)
             elif scheme == "s3":
                 size, etag = _fetch_s3(uri, part, size=size, progress=progress, client=s3_client)
+                signature = {"uri": uri, "etag": etag}
             elif scheme in ("", "file"):
-                _fetch_local(uri, part, progress=progress)
+                signature = _fetch_local(uri, part, progress=progress)
             else:
                 raise PermanentFetchError(f"unsupported URI scheme {scheme!r} in {uri}: use s3://, https:// or a path")
             _verify(uri, part, md5=md5, sha256=sha256, size=size)
@@ -97,10 +98,12 @@ def fetch(
             raise
         part.replace(dest)
         _validator_path(part).unlink(missing_ok=True)
-        if etag is not None:  # recorded only once the verified file is in place
-            record = _etag_record(dest)
-            record.with_name(record.name + ".tmp").write_text(json.dumps({"uri": uri, "etag": etag}))
+        record = _source_record(dest)
+        if signature is not None:  # recorded only once the verified file is in place
+            record.with_name(record.name + ".tmp").write_text(json.dumps(signature))
             record.with_name(record.name + ".tmp").replace(record)
+        else:
+            record.unlink(missing_ok=True)
         return FetchResult(uri, dest, dest.stat().st_size, downloaded=True)
 
 
@@ -177,14 +180,16 @@ def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | 
                 raise TransientFetchError(f"{url}: server resumed at the wrong offset; restarting from zero")
             if status == 200:
                 have = 0  # a fresh body: no Range asked, Range ignored, or the file changed (If-Range)
-                _remember_validator(resp, validator_file)
             total = _total_length(resp, have)
             if total is not None and size is not None and total != size:
-                raise ChecksumMismatch(f"{url}: server reports {total} bytes, expected {size}")
+                _discard(part)
+                raise ChecksumMismatch(f"{url}: server reports {total} bytes, expected {size}; nothing kept")
             if total is not None:
                 _check_free_space(part, total - have, url)
             done = have
             with open(part, "ab" if status == 206 else "wb") as fh:
+                if status == 200:  # the part now holds this response's bytes: remember its version
+                    _remember_validator(resp, validator_file)
                 for chunk in resp.iter_raw():  # as received, so a drop keeps what arrived
                     fh.write(chunk)
                     done += len(chunk)
@@ -288,36 +293,39 @@ def classify_s3_error(uri: str, exc: Exception) -> FetchError:
     return TransientFetchError(f"{uri}: {type(exc).__name__}: {exc}; will retry")
 
 
-def _source_changed(uri: str, scheme: str, dest: Path, s3_client) -> bool:
-    """Is the cached `dest` older than its source? S3: the object's ETag changed (one HEAD); a local file:
-    modified after it was copied. HTTP sources (published truth sets, ENA files) are immutable."""
-    if scheme == "s3":
-        return _s3_object_changed(uri, dest, s3_client)
-    if scheme in ("", "file"):
-        src = Path(urlparse(uri).path if uri.startswith("file://") else uri)
-        return src.is_file() and src.stat().st_mtime_ns > dest.stat().st_mtime_ns
-    return False
+def _source_record(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.source.json"
 
 
-def _etag_record(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.s3.json"
+def _local_signature(uri: str) -> dict:
+    src = Path(urlparse(uri).path if uri.startswith("file://") else uri)
+    st = src.stat()
+    return {"uri": uri, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def _s3_object_changed(uri: str, dest: Path, client) -> bool:
-    """True when the cached copy came from a different version of the object (labs re-upload corrected
-    calls under the same key): one HEAD request, no download."""
+def _s3_signature(uri: str, client) -> dict:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    record = _etag_record(dest)
-    if not record.exists():
-        return False
-    seen = json.loads(record.read_text())
     bucket, key = split_s3_uri(uri)
     try:
         etag = (client or s3_client()).head_object(Bucket=bucket, Key=key).get("ETag", "").strip('"')
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3_error(uri, exc) from exc
-    return seen.get("uri") != uri or seen.get("etag") != etag
+    return {"uri": uri, "etag": etag}
+
+
+def _source_changed(uri: str, scheme: str, dest: Path, s3_client) -> bool:
+    """Is the cached `dest` a copy of another version of its source? Compared with what was recorded when it was
+    fetched: an S3 object's ETag (one HEAD, no download), a local file's size, mtime and inode (a corrected file
+    moved into place keeps its older mtime, so "newer" is not the test). HTTP sources (published truth sets,
+    ENA files) are immutable and have no record."""
+    record = _source_record(dest)
+    if scheme not in ("s3", "", "file") or not record.exists():
+        return False
+    if scheme != "s3" and not Path(urlparse(uri).path if uri.startswith("file://") else uri).is_file():
+        return False  # the source is gone: the verified copy is all there is
+    now = _s3_signature(uri, s3_client) if scheme == "s3" else _local_signature(uri)
+    return json.loads(record.read_text()) != now
 
 
 def _fetch_s3(uri: str, part: Path, *, size: int | None, progress: Progress | None, client) -> tuple[int, str]:
@@ -371,11 +379,14 @@ def _verify_etag(uri: str, part: Path, etag: str, client, bucket: str, key: str)
 # --- local -------------------------------------------------------------------------------------------------
 
 
-def _fetch_local(uri: str, part: Path, *, progress: Progress | None) -> None:
+def _fetch_local(uri: str, part: Path, *, progress: Progress | None) -> dict:
+    """Copy a local file; returns its signature as it was before the copy began."""
     src = Path(urlparse(uri).path if uri.startswith("file://") else uri)
     if not src.is_file():
         raise PermanentFetchError(f"{src}: no such file; check the path")
-    _check_free_space(part, src.stat().st_size, uri)
+    signature = _local_signature(uri)
+    _check_free_space(part, signature["size"], uri)
     shutil.copyfile(src, part)
     if progress:
         progress(part.stat().st_size, part.stat().st_size)
+    return signature

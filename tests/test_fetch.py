@@ -66,6 +66,20 @@ def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
     assert server.requests[-1].range is not None and server.requests[-1].status == 200
 
 
+def test_wrong_size_after_a_resume_leaves_nothing_to_splice(served, tmp_path):
+    server, body, _ = served
+    server.add_fault("reads", "drop")
+    dest = tmp_path / "reads.fastq.gz"
+    with pytest.raises(TransientFetchError):
+        fetch(server.url("reads.fastq.gz"), dest)
+    (server.root / "reads.fastq.gz").write_bytes(os.urandom(len(body) + 10))  # replaced on the server
+    with pytest.raises(ChecksumMismatch, match="expected"):
+        fetch(server.url("reads.fastq.gz"), dest, size=len(body))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("reads")) == []
+    new = fetch(server.url("reads.fastq.gz"), dest)
+    assert new.path.read_bytes() == (server.root / "reads.fastq.gz").read_bytes()
+
+
 def test_gzip_content_encoding_is_stored_as_published(tmp_path):
     import gzip
 
@@ -103,9 +117,14 @@ def test_local_path_and_bad_scheme(tmp_path):
     out = fetch(str(src), tmp_path / "copy" / "a.txt", sha256=hashlib.sha256(b"hello\n").hexdigest())
     assert out.path.read_text() == "hello\n"
     assert not fetch(str(src), tmp_path / "copy" / "a.txt").downloaded
-    src.write_text("hullo\n")  # replaced after the copy (mtime set explicitly: coarse clocks)
-    os.utime(src, ns=(src.stat().st_atime_ns, out.path.stat().st_mtime_ns + 10**9))
+    src.write_text("hullo\n")  # edited in place after the copy
     assert fetch(str(src), tmp_path / "copy" / "a.txt").downloaded and out.path.read_text() == "hullo\n"
+    corrected = tmp_path / "corrected.txt"  # prepared earlier, then moved into place: its mtime is older
+    corrected.write_text("hello again\n")
+    os.utime(corrected, ns=(0, 10**9))
+    corrected.replace(src)
+    assert fetch(str(src), tmp_path / "copy" / "a.txt").downloaded and out.path.read_text() == "hello again\n"
+    assert not fetch(str(src), tmp_path / "copy" / "a.txt").downloaded
     with pytest.raises(PermanentFetchError, match="no such file"):
         fetch(str(tmp_path / "nope"), tmp_path / "x")
     with pytest.raises(PermanentFetchError, match="unsupported URI scheme"):
