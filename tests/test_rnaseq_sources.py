@@ -131,6 +131,12 @@ def test_multi_member_gzip_is_counted_whole_and_a_cut_last_member_is_caught(tmp_
     cut.write_bytes(b"".join(members)[:-12])  # inside the last member's deflate data / trailer
     with pytest.raises(TruncatedFastq, match="gzip stream ends early"):
         count_fastq_records(cut)
+    bad_crc = bytearray(b"".join(members))
+    bad_crc[-5] ^= 0xFF  # the last member's CRC32 no longer matches its data
+    corrupt = tmp_path / "corrupt.fastq.gz"
+    corrupt.write_bytes(bytes(bad_crc))
+    with pytest.raises(TruncatedFastq, match="corrupt gzip data"):
+        count_fastq_records(corrupt)
 
 
 def test_resumed_download_counts_only_new_bytes(world, tmp_path):

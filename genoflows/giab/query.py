@@ -6,6 +6,8 @@ records alone, with the symbolic allele trimmed (shared/specs/giab-benchmarking.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +35,11 @@ def index_path(vcf: Path) -> Path | None:
 
 def build_tbi(vcf: Path, *, log: Log | None = None, provenance_dir: Path | None = None) -> Path:
     """`<vcf>.tbi`, built under a temp name and renamed, so an existing .tbi is always complete (a builder
-    killed mid-write leaves only the temp file, which the next build overwrites)."""
+    killed mid-write leaves only its own temp file; two builders never share one)."""
     tbi = Path(f"{vcf}.tbi")
-    tmp = tbi.with_name(f".{tbi.name}.tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{tbi.name}.", suffix=".tmp", dir=tbi.parent)  # unique: builders may race
+    os.close(fd)
+    tmp = Path(name)
     try:
         run_tool(bcftools.index_argv(vcf, out=tmp), log=log, provenance_dir=provenance_dir)
         tmp.replace(tbi)

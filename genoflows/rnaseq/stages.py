@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,8 @@ def count_fastq_records(path: Path) -> int:
                 tail = chunk[-1:]
     except EOFError as exc:  # gzip's word for a stream that stops before its end marker
         raise TruncatedFastq(f"{path.name}: gzip stream ends early (truncated download or file)") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:  # CRC error, garbage: as unusable as a cut file
+        raise TruncatedFastq(f"{path.name}: corrupt gzip data ({exc}); the file must be downloaded again") from exc
     lines += 0 if tail == b"\n" else 1
     if lines % 4:
         raise TruncatedFastq(f"{path.name}: {lines} lines is not a whole number of FASTQ records")
