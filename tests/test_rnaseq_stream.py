@@ -163,6 +163,19 @@ def test_a_smaller_run_never_takes_the_bytes_the_head_run_is_about_to_get():
     assert admitted == ["j1", "j2", "j0", "j3", "j4"] and len(out["report"].done) == 5
 
 
+def test_a_head_needing_several_releases_lets_only_harmless_runs_pass():
+    """Budget 1000 with 300+300+300 in flight: the head (800) needs two of them to end. A 50-byte run cannot
+    delay it (after all three end, 800 + 50 still fit), so it may pass; a 250-byte one could, so it waits."""
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=8, quant_workers=1, download=lambda p: p,
+                            quant=lambda p, local: p, cleanup=lambda p: None)  # fmt: skip
+    for _ in range(3):
+        assert sched.budget.try_reserve(300)
+    head = Job("head", 800, None)
+    assert sched._may_pass(head, Job("small", 50, None), [300, 300, 300])
+    assert sched._may_pass(head, Job("edge", 200, None), [300, 300, 300])
+    assert not sched._may_pass(head, Job("big", 250, None), [300, 300, 300])
+
+
 def test_context_is_carried_into_worker_threads():
     var: contextvars.ContextVar[str] = contextvars.ContextVar("flow", default="none")
     var.set("flow-run-1")

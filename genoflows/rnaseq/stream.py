@@ -46,6 +46,9 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+STOP_GRACE_SECONDS = 20.0  # after a stop, how long run() waits for its workers to notice before returning
+
+
 class Stopped(RuntimeError):
     """The stream is stopping (interrupted or cancelled): raised by steps that see the stop event."""
 
@@ -153,10 +156,14 @@ class StreamScheduler:
 
     def _may_pass(self, head: Job, job: Job, in_flight: list[int]) -> bool:
         """May `job` start before the blocked `head`? Only if no single release that would admit the head is
-        made too small by it (durations are unknown, so any in-flight run may end first)."""
+        made too small by it (durations are unknown, so any in-flight run may end first), and, when only several
+        releases together admit the head, only if the head fits after all of them with `job` still on disk."""
         free = self.budget.capacity - self.budget.reserved
         enough = [n for n in in_flight if free + n >= head.need_bytes]
-        return bool(enough) and job.need_bytes <= free + min(enough) - head.need_bytes
+        if enough:
+            return job.need_bytes <= free + min(enough) - head.need_bytes
+        # the head needs several releases: `job` may run if the head still fits once all of them are made
+        return job.need_bytes <= free + sum(in_flight) - head.need_bytes
 
     def _start(self, fn: Callable, *args: Any) -> Any:
         if self.stop.is_set():
@@ -231,7 +238,11 @@ class StreamScheduler:
             self.stop.set()
             raise
         finally:
-            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
+            if self.stop.is_set():  # workers see `stop` within seconds (tools are terminated, downloads end at
+                pool.shutdown(wait=False, cancel_futures=True)  # their next chunk): wait for them, but boundedly,
+                wait([*downloads, *quants], timeout=STOP_GRACE_SECONDS)  # so the caller's lock outlives them
+            else:
+                pool.shutdown(wait=True)
             self.report.reserved_high_water = self.budget.high_water
             self.report.wall_seconds = time.monotonic() - self._t0
         return self.report
