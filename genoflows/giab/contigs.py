@@ -142,3 +142,26 @@ def harmonise_bed(bed: Path, reference_contigs: list[str], *, label: str, work_d
                 dst.write(f"{mapping.get(chrom, chrom)}\t{rest}")
     tmp.replace(out)
     return out
+
+
+def harmonise_inputs(
+    truth_vcf: Path,
+    query_vcf: Path,
+    bed: Path | None,
+    reference: Path,
+    *,
+    label: str,
+    work_dir: Path,
+    log: Log | None = None,
+    provenance_dir: Path | None = None,
+) -> tuple[Path, Path, Path | None]:
+    """Truth, query and (optional) region BED with contigs named as in `reference`, for tools that compare
+    them as given (hap.py, truvari). `label` prefixes the work-file names (e.g. "sv" -> sv-truth)."""
+    contigs = fasta_contigs(reference)
+    prefix = f"{label}-" if label else ""
+    kw = {"work_dir": work_dir, "log": log, "provenance_dir": provenance_dir}
+    truth_vcf = harmonise_vcf(truth_vcf, contigs, label=f"{prefix}truth", **kw)
+    query_vcf = harmonise_vcf(query_vcf, contigs, label=f"{prefix}query", **kw)
+    if bed is not None:
+        bed = harmonise_bed(bed, contigs, label=f"{prefix}confident", work_dir=work_dir, log=log)
+    return truth_vcf, query_vcf, bed

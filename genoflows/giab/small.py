@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from genoflows.giab import compare
-from genoflows.giab.contigs import fasta_contigs, harmonise_bed, harmonise_vcf
+from genoflows.giab.contigs import harmonise_inputs
 from genoflows.toolrun import is_available, run_tool
 from genoflows.tools import happy
 
@@ -65,12 +65,10 @@ def run_happy(
     """hap.py into `<out_dir>/happy/` (written to a temporary directory first, then renamed)."""
     out_dir = Path(out_dir)
     work = out_dir / "work"
-    contigs = fasta_contigs(reference)
-    kw = {"work_dir": work, "log": log, "provenance_dir": provenance_dir}
-    truth_vcf = harmonise_vcf(truth_vcf, contigs, label="truth", **kw)
-    query_vcf = harmonise_vcf(query_vcf, contigs, label="query", **kw)
-    if confident_bed is not None:
-        confident_bed = harmonise_bed(confident_bed, contigs, label="confident", work_dir=work, log=log)
+    truth_vcf, query_vcf, confident_bed = harmonise_inputs(
+        truth_vcf, query_vcf, confident_bed, reference, label="", work_dir=work, log=log,
+        provenance_dir=provenance_dir,
+    )
     tmp = out_dir / ".happy.tmp"
     final = out_dir / "happy"
     shutil.rmtree(tmp, ignore_errors=True)

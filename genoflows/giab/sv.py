@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genoflows.giab.contigs import fasta_contigs, harmonise_bed, harmonise_vcf
+from genoflows.giab.contigs import harmonise_inputs
 from genoflows.toolrun import run_tool
 from genoflows.tools import truvari
 
@@ -41,12 +41,10 @@ def run_truvari(
     out_dir = Path(out_dir)
     work = out_dir / "work"
     if reference is not None:
-        contigs = fasta_contigs(reference)
-        kw = {"work_dir": work, "log": log, "provenance_dir": provenance_dir}
-        truth_vcf = harmonise_vcf(truth_vcf, contigs, label="sv-truth", **kw)
-        query_vcf = harmonise_vcf(query_vcf, contigs, label="sv-query", **kw)
-        if include_bed is not None:
-            include_bed = harmonise_bed(include_bed, contigs, label="sv-confident", work_dir=work, log=log)
+        truth_vcf, query_vcf, include_bed = harmonise_inputs(
+            truth_vcf, query_vcf, include_bed, reference, label="sv", work_dir=work, log=log,
+            provenance_dir=provenance_dir,
+        )
     result = SvResult()
     for flt, passonly, name in (("ALL", False, "truvari"), ("PASS", True, "truvari-pass")):
         final = out_dir / name
