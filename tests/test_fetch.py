@@ -52,15 +52,20 @@ def test_dropped_connection_resumes_with_range(served, tmp_path):
     assert not part.exists() and not Path(f"{part}.validator").exists()
 
 
+def _drop_then_replace(server: FileServer, dest: Path, new_body: bytes) -> None:
+    """A download cut half-way (a partial is kept for resuming), then the file replaced on the server."""
+    server.add_fault("reads", "drop")
+    with pytest.raises(TransientFetchError):
+        fetch(server.url("reads.fastq.gz"), dest)
+    (server.root / "reads.fastq.gz").write_bytes(new_body)
+
+
 def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
     """If-Range: a resume against a file that changed on the server gets the new file whole, never a splice."""
     server, body, _ = served
-    server.add_fault("reads", "drop")
     dest = tmp_path / "reads.fastq.gz"
-    with pytest.raises(TransientFetchError):
-        fetch(server.url("reads.fastq.gz"), dest)
     new_body = os.urandom(len(body))  # same size: only the validator can tell
-    (server.root / "reads.fastq.gz").write_bytes(new_body)
+    _drop_then_replace(server, dest, new_body)
     fetch(server.url("reads.fastq.gz"), dest)
     assert dest.read_bytes() == new_body
     assert server.requests[-1].range is not None and server.requests[-1].status == 200
@@ -68,11 +73,8 @@ def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
 
 def test_wrong_size_after_a_resume_leaves_nothing_to_splice(served, tmp_path):
     server, body, _ = served
-    server.add_fault("reads", "drop")
     dest = tmp_path / "reads.fastq.gz"
-    with pytest.raises(TransientFetchError):
-        fetch(server.url("reads.fastq.gz"), dest)
-    (server.root / "reads.fastq.gz").write_bytes(os.urandom(len(body) + 10))  # replaced on the server
+    _drop_then_replace(server, dest, os.urandom(len(body) + 10))
     with pytest.raises(ChecksumMismatch, match="expected"):
         fetch(server.url("reads.fastq.gz"), dest, size=len(body))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("reads")) == []
