@@ -54,7 +54,14 @@ class Settings(BaseSettings):
         description="Container image per tool (e.g. {'happy': 'pkrusche/hap.py:v0.3.12'}); empty = run on PATH.",
     )
     container_engine: str = Field("docker", description="docker or podman, used when a tool image is set.")
-    http_timeout_seconds: float = 60.0
+    http_timeout_seconds: float = Field(60.0, description="Timeout of one HTTP request (connect/read), seconds.")
+    retry_attempts: int = Field(
+        8, ge=0, description="Retries of a transient failure (5xx, 429, dropped connection, corrupt body)."
+    )
+    retry_base_delay_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt.")
+    retry_max_delay_seconds: float = Field(
+        120.0, ge=0, description="Cap of one retry delay; with the defaults the retries span about six minutes."
+    )
 
 
 @lru_cache

@@ -32,6 +32,26 @@ def retry_unless(*permanent: type[BaseException]):
     return condition
 
 
+def transient_retry_options(*permanent: type[BaseException]) -> dict:
+    """The one retry policy for calls to outside services (S3, HTTP mirrors, ENA, imputation servers).
+
+    Exponential backoff from `GENOFLOWS_RETRY_BASE_DELAY_SECONDS`, capped at `GENOFLOWS_RETRY_MAX_DELAY_SECONDS`,
+    `GENOFLOWS_RETRY_ATTEMPTS` times (the defaults ride out an outage of several minutes), never retrying the
+    `permanent` exception types. Apply per call, so settings changed after import count:
+    `some_task.with_options(**transient_retry_options(PermanentFetchError))`.
+    """
+    from genoflows.settings import get_settings
+
+    s = get_settings()
+    delays = [min(s.retry_max_delay_seconds, s.retry_base_delay_seconds * 2**i) for i in range(s.retry_attempts)]
+    return {
+        "retries": s.retry_attempts,
+        "retry_delay_seconds": delays or 0,
+        "retry_jitter_factor": 0.2,
+        "retry_condition_fn": retry_unless(*permanent),
+    }
+
+
 def in_prefect_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
