@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     retry_max_delay_seconds: float = Field(
         120.0, ge=0, description="Cap of one retry delay; with the defaults the retries span about six minutes."
     )
+    # --- fetch layer (issue 6, fetch-trust) ---
+    progress_artifact_min_bytes: int = Field(
+        64 << 20, ge=0, description="Downloads smaller than this get no progress artifact (bytes)."
+    )
 
 
 @lru_cache

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import random
 import subprocess
 from pathlib import Path
 
 import boto3
 import pytest
 
-from genoflows.fetch import ChecksumMismatch, PermanentFetchError, TransientFetchError, fetch
+from genoflows.fetch import BadSourceFile, ChecksumMismatch, PermanentFetchError, TransientFetchError, fetch
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
+
+
+def fastq_gz(n_reads: int, seed: int = 1) -> bytes:
+    """A gzipped FASTQ of random reads (what an ENA mirror serves), so content checks see a real body. Stored
+    (level 0) blocks: the size depends on the number of reads only, so same-size replacements are easy."""
+    rng = random.Random(seed)
+    reads = "".join(
+        f"@r{i}\n{''.join(rng.choices('ACGT', k=100))}\n+\n{''.join(rng.choices('ABCDEFGHI', k=100))}\n"
+        for i in range(n_reads)
+    )
+    return gzip.compress(reads.encode(), compresslevel=0)
 
 
 @pytest.fixture
 def served(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    body = os.urandom(300_000)
+    body = fastq_gz(2500)
     (root / "reads.fastq.gz").write_bytes(body)
     with FileServer(root) as server:
         yield server, body, hashlib.md5(body).hexdigest()
@@ -64,7 +77,8 @@ def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
     """If-Range: a resume against a file that changed on the server gets the new file whole, never a splice."""
     server, body, _ = served
     dest = tmp_path / "reads.fastq.gz"
-    new_body = os.urandom(len(body))  # same size: only the validator can tell
+    new_body = fastq_gz(2500, seed=2)  # same size (stored gzip blocks): only the validator can tell
+    assert len(new_body) == len(body) and new_body != body
     _drop_then_replace(server, dest, new_body)
     fetch(server.url("reads.fastq.gz"), dest)
     assert dest.read_bytes() == new_body
@@ -74,7 +88,7 @@ def test_file_changed_between_attempts_is_fetched_whole_again(served, tmp_path):
 def test_wrong_size_after_a_resume_leaves_nothing_to_splice(served, tmp_path):
     server, body, _ = served
     dest = tmp_path / "reads.fastq.gz"
-    _drop_then_replace(server, dest, os.urandom(len(body) + 10))
+    _drop_then_replace(server, dest, fastq_gz(2501))
     with pytest.raises(ChecksumMismatch, match="expected"):
         fetch(server.url("reads.fastq.gz"), dest, size=len(body))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("reads")) == []
@@ -160,14 +174,14 @@ def test_s3_single_and_multipart_etag(moto_endpoint, tmp_path):
     s3 = _s3(moto_endpoint)
     s3.create_bucket(Bucket="lab-fetch")
     small, big = os.urandom(1000), os.urandom(17 << 20)
-    s3.put_object(Bucket="lab-fetch", Key="calls/small.vcf.gz", Body=small)
+    s3.put_object(Bucket="lab-fetch", Key="calls/small.bin", Body=small)
     big_path = tmp_path / "big.bin"
     big_path.write_bytes(big)
     from boto3.s3.transfer import TransferConfig
 
     s3.upload_file(str(big_path), "lab-fetch", "calls/big.bin", Config=TransferConfig(multipart_chunksize=5 << 20))
     assert "-" in s3.head_object(Bucket="lab-fetch", Key="calls/big.bin")["ETag"]
-    got = fetch("s3://lab-fetch/calls/small.vcf.gz", tmp_path / "s.vcf.gz", s3_client=s3)
+    got = fetch("s3://lab-fetch/calls/small.bin", tmp_path / "s.bin", s3_client=s3)
     assert got.path.read_bytes() == small
     got = fetch("s3://lab-fetch/calls/big.bin", tmp_path / "b.bin", s3_client=s3)
     assert hashlib.sha256(got.path.read_bytes()).digest() == hashlib.sha256(big).digest()
@@ -175,29 +189,63 @@ def test_s3_single_and_multipart_etag(moto_endpoint, tmp_path):
         fetch("s3://lab-fetch/calls/absent.vcf.gz", tmp_path / "absent", s3_client=s3)
 
 
-def test_etag_mismatch_removes_the_part(moto_endpoint, tmp_path):
-    """_verify_etag against real objects, with the ETag a corrupted transfer would not match."""
-    from genoflows.fetch import _verify_etag
+def _upload_uneven(s3, bucket: str, key: str, sizes: list[int]) -> bytes:
+    """A multipart upload whose parts differ in size (what a client that streams does: parts as they come)."""
+    rng = random.Random(sum(sizes))
+    up = s3.create_multipart_upload(Bucket=bucket, Key=key)
+    parts, body = [], b""
+    for number, n in enumerate(sizes, 1):
+        chunk = rng.randbytes(n)
+        body += chunk
+        etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=number, Body=chunk)["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+    return body
 
+
+def test_s3_uneven_multipart_parts_verify(moto_endpoint, tmp_path):
+    """Parts of 6 MiB, 5 MiB and 12345 bytes: the ETag is recomputed from the object's own part sizes, not from
+    part 1's size (which gave 2 parts and a false mismatch)."""
     s3 = _s3(moto_endpoint)
-    s3.create_bucket(Bucket="lab-etag")
-    body = os.urandom(11 << 20)
-    src = tmp_path / "src.bin"
-    src.write_bytes(body)
-    from boto3.s3.transfer import TransferConfig
+    s3.create_bucket(Bucket="lab-uneven")
+    body = _upload_uneven(s3, "lab-uneven", "calls/uneven.bin", [6 << 20, 5 << 20, 12345])
+    assert s3.head_object(Bucket="lab-uneven", Key="calls/uneven.bin")["ETag"].endswith('-3"')
+    got = fetch("s3://lab-uneven/calls/uneven.bin", tmp_path / "uneven.bin", s3_client=s3)
+    assert got.downloaded and got.sha256 == hashlib.sha256(body).hexdigest()
 
-    s3.upload_file(str(src), "lab-etag", "multi.bin", Config=TransferConfig(multipart_chunksize=5 << 20))
-    etag = s3.head_object(Bucket="lab-etag", Key="multi.bin")["ETag"].strip('"')
-    part = tmp_path / "multi.bin.part"
-    part.write_bytes(body)
-    _verify_etag("s3://lab-etag/multi.bin", part, etag, s3, "lab-etag", "multi.bin")  # the true one passes
-    part.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
-    with pytest.raises(ChecksumMismatch, match="ETag"):
-        _verify_etag("s3://lab-etag/multi.bin", part, etag, s3, "lab-etag", "multi.bin")
-    assert not part.exists()
-    part.write_bytes(b"single part body")
-    with pytest.raises(ChecksumMismatch, match="ETag"):
-        _verify_etag("s3://lab-etag/x", part, hashlib.md5(b"other body").hexdigest(), s3, "lab-etag", "x")
+
+class _CorruptingClient:
+    """A real boto3 client whose downloads arrive with one byte flipped (a faulty proxy or NIC)."""
+
+    def __init__(self, client):
+        self._client, self.downloads = client, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def download_file(self, bucket, key, filename, **kwargs):
+        self._client.download_file(bucket, key, filename, **kwargs)
+        self.downloads += 1
+        data = bytearray(Path(filename).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        Path(filename).write_bytes(bytes(data))
+
+
+def test_s3_etag_mismatch_is_permanent_after_one_redownload(moto_endpoint, tmp_path):
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-mismatch")
+    _upload_uneven(s3, "lab-mismatch", "multi.bin", [5 << 20, 6 << 20, 1000])
+    s3.put_object(Bucket="lab-mismatch", Key="single.bin", Body=b"single part body" * 100)
+    for key in ("multi.bin", "single.bin"):
+        client = _CorruptingClient(s3)
+        dest = tmp_path / key
+        with pytest.raises(ChecksumMismatch, match="ETag"):
+            fetch(f"s3://lab-mismatch/{key}", dest, s3_client=client)
+        with pytest.raises(BadSourceFile, match="downloaded twice"):
+            fetch(f"s3://lab-mismatch/{key}", dest, s3_client=client)
+        assert client.downloads == 2
+        assert sorted(p.name for p in tmp_path.iterdir() if key in p.name and not p.name.endswith(".lock")) == []
+        assert fetch(f"s3://lab-mismatch/{key}", dest, s3_client=s3).downloaded  # a sound transfer is kept
 
 
 def test_missing_credentials_are_permanent(moto_endpoint, tmp_path, monkeypatch):
@@ -211,7 +259,7 @@ def test_missing_credentials_are_permanent(moto_endpoint, tmp_path, monkeypatch)
     session = botocore.session.get_session()
     client = session.create_client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     with pytest.raises(PermanentFetchError, match="no usable AWS credentials"):
-        fetch("s3://lab-fetch/calls/small.vcf.gz", tmp_path / "s.vcf.gz", s3_client=client)
+        fetch("s3://lab-fetch/calls/small.bin", tmp_path / "s.bin", s3_client=client)
 
 
 def test_s3_access_denied_is_permanent(moto_endpoint, tmp_path):
@@ -231,10 +279,10 @@ def test_s3_access_denied_is_permanent(moto_endpoint, tmp_path):
 def test_s3_reupload_under_same_key_is_fetched_again(moto_endpoint, tmp_path):
     s3 = _s3(moto_endpoint)
     s3.create_bucket(Bucket="lab-reupload")
-    s3.put_object(Bucket="lab-reupload", Key="s1.g.vcf.gz", Body=b"first calls")
-    dest = tmp_path / "s1.g.vcf.gz"
-    assert fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3).downloaded
-    assert not fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3).downloaded  # same object: cache hit
-    s3.put_object(Bucket="lab-reupload", Key="s1.g.vcf.gz", Body=b"corrected calls")
-    again = fetch("s3://lab-reupload/s1.g.vcf.gz", dest, s3_client=s3)
+    s3.put_object(Bucket="lab-reupload", Key="s1.calls.txt", Body=b"first calls")
+    dest = tmp_path / "s1.calls.txt"
+    assert fetch("s3://lab-reupload/s1.calls.txt", dest, s3_client=s3).downloaded
+    assert not fetch("s3://lab-reupload/s1.calls.txt", dest, s3_client=s3).downloaded  # same object: cache hit
+    s3.put_object(Bucket="lab-reupload", Key="s1.calls.txt", Body=b"corrected calls")
+    again = fetch("s3://lab-reupload/s1.calls.txt", dest, s3_client=s3)
     assert again.downloaded and dest.read_bytes() == b"corrected calls"
