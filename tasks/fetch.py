@@ -1,22 +1,36 @@
-"""The fetch task: `genoflows.fetch.fetch` with Prefect retries, backoff and a progress artifact."""
+"""The fetch task: `genoflows.fetch.fetch` as a Prefect task with one keyed progress artifact per file.
+
+Retries follow the project's one policy for outside services; apply it at call time so GENOFLOWS_RETRY_*
+settings count (docs/fetch.md):
+
+    fetch_file.with_options(**transient_retry_options(PermanentFetchError))(uri, dest, ...)
+
+When the last attempt fails, the partial download kept for resuming is removed: no temp file survives.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
-from prefect.tasks import exponential_backoff
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
-from genoflows.fetch import FetchResult, PermanentFetchError, fetch
-from tasks.runtime import ProgressReporter, retry_unless, run_logger
+from genoflows.fetch import FetchResult, PermanentFetchError, discard_partial, fetch, redact_url
+from tasks.runtime import ProgressReporter, artifact_key, retry_unless, run_logger
+
+if TYPE_CHECKING:
+    from prefect_aws import AwsCredentials
 
 
 @task(
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retries=4,  # callers apply transient_retry_options at call time; this is the fallback for a bare call
+    retry_delay_seconds=[1, 2, 4, 8],
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_unless(PermanentFetchError),  # 4xx, AccessDenied, disk full
+    retry_condition_fn=retry_unless(PermanentFetchError),  # 4xx, AccessDenied, disk full, a bad source file
     task_run_name="fetch {dest.name}",
+    cache_policy=NO_CACHE,  # a block object among the parameters; fetch() is its own cache
 )
 def fetch_file(
     uri: str,
@@ -25,17 +39,35 @@ def fetch_file(
     sha256: str | None = None,
     size: int | None = None,
     s3_endpoint_url: str | None = None,
-    aws_credentials_block: str | None = None,
+    aws_credentials: AwsCredentials | None = None,
+    kind: str | None = None,
 ) -> FetchResult:
-    """Bring `uri` to `dest` (verified, atomic; a no-op when `dest` is already there)."""
+    """Bring `uri` to `dest`, verified (size, checksums, content of `kind`), atomically; a cache hit is
+    re-checked and healed when it fails. `aws_credentials` is a prefect-aws AwsCredentials block object."""
     from genoflows.fetch import s3_client
 
     logger = run_logger()
-    progress = ProgressReporter(f"Downloading {Path(dest).name}")
-    client = s3_client(s3_endpoint_url, aws_credentials_block) if uri.startswith("s3://") else None
-    result = fetch(uri, Path(dest), md5=md5, sha256=sha256, size=size, progress=progress, s3_client=client)
+    dest = Path(dest)
+    progress = ProgressReporter(f"Downloading {dest.name}", key=artifact_key("fetch", dest.name))
+    client = s3_client(s3_endpoint_url, aws_credentials) if uri.startswith("s3://") else None
+    try:
+        result = fetch(uri, dest, md5=md5, sha256=sha256, size=size, kind=kind, progress=progress,
+                       s3_client=client, log=logger.warning)
+    except Exception:
+        ctx = TaskRunContext.get()
+        if ctx is None or ctx.task_run.run_count > ctx.task.retries:  # the last attempt: nothing to resume
+            discard_partial(dest)
+        raise
     if result.downloaded:
-        logger.info("fetched %s -> %s (%d bytes)", uri, result.path, result.size)
+        logger.info("fetched %s -> %s (%d bytes, verified)%s", redact_url(uri), result.path, result.size,
+                    "; replaced a cached copy that failed its check" if result.healed else "")
     else:
-        logger.info("cached: %s already complete", result.path)
+        logger.info("cached: %s already complete and verified", result.path)
     return result
+
+
+def fetch_retry_options() -> dict:
+    """`transient_retry_options(PermanentFetchError)`: the project's retry policy as configured now."""
+    from tasks.runtime import transient_retry_options
+
+    return transient_retry_options(PermanentFetchError)

@@ -20,7 +20,7 @@ from genoflows.giab import catalogue, references, small, source, sv
 from genoflows.giab.query import ensure_indexed, variant_sites
 from genoflows.settings import get_settings
 from genoflows.tools import happy, truvari
-from tasks.fetch import fetch_file
+from tasks.fetch import fetch_file, fetch_retry_options
 from tasks.runtime import log_lines, run_logger
 
 METRICS_COLUMNS = ["sample", "genome", "build", "engine", "type", "filter", "metric", "value"]
@@ -43,8 +43,8 @@ class ReferenceBundle:
 def _fetcher_with(aws_credentials_block: str | None):
     """references.bring's download callable: the retrying fetch task, with the lab's S3 credentials if any."""
 
-    def fetcher(uri: str, dest: Path, md5: str | None = None, sha256: str | None = None):
-        return fetch_file(uri, dest, md5=md5, sha256=sha256, aws_credentials_block=aws_credentials_block)
+    def fetcher(uri: str, dest: Path, **kwargs):  # md5=, sha256=, size=, kind= (fetch-trust: retry policy now)
+        return fetch_file.with_options(**fetch_retry_options())(uri, dest, aws_credentials=aws_credentials_block, **kwargs)
 
     return fetcher
 
@@ -119,10 +119,10 @@ def stage_query(
     log.info("%s input for %s: %s (%d bytes)%s", kind, sample_id, found.uri, found.size,
              "" if found.index_uri else "; no index next to it")
     dest = Path(dest_dir) / found.name
-    fetch_file(found.uri, dest, size=found.size, aws_credentials_block=aws_credentials_block)
+    _fetcher_with(aws_credentials_block)(found.uri, dest, size=found.size)
     _drop_indexes_older_than(dest)
     if found.index_uri and found.index_name:
-        fetch_file(found.index_uri, Path(dest_dir) / found.index_name, aws_credentials_block=aws_credentials_block)
+        _fetcher_with(aws_credentials_block)(found.index_uri, Path(dest_dir) / found.index_name)
     ensure_indexed(dest, log=log_lines(), provenance_dir=Path(dest_dir).parent)
     return dest
 

@@ -71,30 +71,72 @@ def log_lines() -> Callable[[str], None]:
     return logger.info
 
 
-class ProgressReporter:
-    """Feeds a Prefect progress artifact from (done, total) callbacks, at most once per `interval` seconds.
+def artifact_key(*parts: str) -> str:
+    """A valid Prefect artifact key from free text: lowercase letters, digits and dashes (at most 100 chars;
+    a long one keeps a hash of the whole so keys stay distinct)."""
+    import hashlib
+    import re
 
-    Outside a Prefect run it only remembers the numbers, so domain code need not care where it runs.
+    text = "-".join(parts)
+    key = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "artifact"
+    if len(key) > 100:
+        key = f"{key[:90].rstrip('-')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return key
+
+
+_progress_artifacts: dict[tuple[str, str], object] = {}  # (task run id, key) -> artifact id, across retries
+_progress_lock = threading.Lock()
+
+
+class ProgressReporter:
+    """Feeds one keyed Prefect progress artifact from (done, total) callbacks, at most once per `interval` s.
+
+    The artifact is created on the first callback whose total (or bytes so far) reaches `min_total` (default
+    settings.progress_artifact_min_bytes), so small downloads make none; retries of the same task run update
+    the same artifact in place. Outside a Prefect run it only remembers the numbers.
     """
 
-    def __init__(self, description: str, *, key: str | None = None, interval: float = 2.0):
+    def __init__(self, description: str, *, key: str | None = None, interval: float = 2.0,
+                 min_total: int | None = None):
+        from genoflows.settings import get_settings
+
         self.description, self.interval = description, interval
+        self.key = key or artifact_key(description)
+        self.min_total = get_settings().progress_artifact_min_bytes if min_total is None else min_total
         self._artifact_id = None
         self._last = 0.0
         self._lock = threading.Lock()
         self.done, self.total = 0, None
-        if in_prefect_run():
-            from prefect.artifacts import create_progress_artifact
+        ctx = TaskRunContext.get()
+        self._scope = str(ctx.task_run.id) if ctx is not None else None
+        if self._scope is None and (flow_ctx := FlowRunContext.get()) is not None and flow_ctx.flow_run:
+            self._scope = str(flow_ctx.flow_run.id)
 
-            self._artifact_id = create_progress_artifact(0.0, key=key, description=description)
+    def _artifact(self, done: int, total: int | None):
+        """The artifact id, created when this transfer is big enough to be worth one."""
+        if self._artifact_id is not None or self._scope is None:
+            return self._artifact_id
+        if max(total or 0, done) < self.min_total:
+            return None
+        with _progress_lock:
+            self._artifact_id = _progress_artifacts.get((self._scope, self.key))
+            if self._artifact_id is None:
+                from prefect.artifacts import create_progress_artifact
+
+                self._artifact_id = create_progress_artifact(0.0, key=self.key, description=self.description)
+                _progress_artifacts[(self._scope, self.key)] = self._artifact_id
+        return self._artifact_id
 
     def __call__(self, done: int, total: int | None) -> None:
         self.done, self.total = done, total
         now = time.monotonic()
         with self._lock:
-            if self._artifact_id is None or not total or (now - self._last < self.interval and done < total):
+            if not total or (now - self._last < self.interval and done < total):
+                return
+            artifact_id = self._artifact(done, total)
+            if artifact_id is None:
                 return
             self._last = now
         from prefect.artifacts import update_progress_artifact
 
-        update_progress_artifact(self._artifact_id, min(100.0, 100.0 * done / total))
+        update_progress_artifact(artifact_id, min(100.0, 100.0 * done / total))

@@ -9,6 +9,11 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# The retry policy of outside calls (tasks.runtime.transient_retry_options), fast in tests: 4 retries, short
+# delays. A test that needs other values sets GENOFLOWS_RETRY_* itself (fetch-trust).
+os.environ.setdefault("GENOFLOWS_RETRY_ATTEMPTS", "4")
+os.environ.setdefault("GENOFLOWS_RETRY_BASE_DELAY_SECONDS", "0.05")
+os.environ.setdefault("GENOFLOWS_RETRY_MAX_DELAY_SECONDS", "0.2")
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def test_without_published_md5_the_pinned_sha256_guards_later_downloads(world, t
     with FileServer(world.mirror) as server:
         remote = catalogue.reference_fasta("GRCh38", world.reference_urls(server.base_url))
         first = references.bring(remote, root, fetch)
-        assert first.downloaded and first.checksum == "no published checksum; sha256 pinned now"
+        assert first.downloaded and first.checksum == "no published checksum, content checked (fasta); sha256 pinned now"
         fasta = references.indexed_fasta(first.path)
         assert fasta.name == "GCA_000001405.15_GRCh38_no_alt_analysis_set.fasta"
         assert Path(f"{fasta}.fai").read_text().startswith("chr1\t120000\t")
@@ -62,14 +62,23 @@ def test_without_published_md5_the_pinned_sha256_guards_later_downloads(world, t
         assert not first.path.exists() and not Path(f"{first.path}.part").exists()
 
 
-def test_a_cached_file_that_changed_size_is_reported(world, tmp_path):
+def test_a_cached_file_that_changed_is_fetched_again(world, tmp_path):
+    """A cache entry that no longer matches its pin (edited, truncated) is a miss: downloaded again and checked,
+    never trusted and never a dead end."""
     root = tmp_path / "refs"
+    lines: list[str] = []
     with FileServer(world.mirror) as server:
         spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
         got = references.bring(spec.bed, root, fetch)
+        good = got.path.read_bytes()
         got.path.write_text("chr1\t0\t10\n")
-        with pytest.raises(references.CacheMismatch, match="delete it and run again"):
-            references.bring(spec.bed, root, fetch)
+        healed = references.bring(spec.bed, root, fetch, log=lines.append)
+        assert healed.downloaded and healed.path.read_bytes() == good
+        assert any("fails its check" in ln for ln in lines)
+        same_size = bytearray(good)  # same size, edited in place: the mtime tells, the pinned sha256 decides
+        same_size[-2:-1] = b"9" if same_size[-2:-1] != b"9" else b"8"
+        got.path.write_bytes(bytes(same_size))
+        assert references.bring(spec.bed, root, fetch).downloaded and got.path.read_bytes() == good
 
 
 def test_a_mirror_without_the_index_gets_one_built_locally(world, tmp_path):
@@ -108,7 +117,7 @@ def test_a_lone_hash_in_a_shared_md5_listing_is_not_taken_for_every_file(world, 
     with FileServer(world.mirror) as server:
         spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
         got = references.bring(spec.bed, tmp_path / "refs", fetch)
-    assert got.downloaded and got.checksum == "no published checksum; sha256 pinned now"
+    assert got.downloaded and got.checksum == "no published checksum, content checked (bed); sha256 pinned now"
     assert got.path.read_bytes() == (folder / spec.bed.name).read_bytes()
 
 

@@ -1,8 +1,10 @@
 """A real HTTP file server on 127.0.0.1 for tests, the demo and benchmarks.
 
 It serves a directory the way a GIAB mirror, ENA's FTP-over-HTTPS or a lab web server does (GET, HEAD,
-single Range requests, Content-Length), and can misbehave on request: 503s, connections dropped half-way,
-corrupt bodies, 404s. Dynamic endpoints (ENA's filereport API, an imputation server) plug in as routes.
+single Range requests, Content-Length), and can misbehave on request: 503s, 429s with Retry-After, connections
+dropped half-way, corrupt bodies (also only on a resumed Range request), an HTML maintenance page answered with
+200, a response that never comes (timeouts), 404s, and whole families of files hidden (a mirror without
+checksum sidecars). Dynamic endpoints (ENA's filereport API, an imputation server) plug in as routes.
 An optional per-connection bandwidth cap makes throughput benchmarks honest.
 """
 
@@ -19,7 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-FAULT_KINDS = ("503", "404", "drop", "corrupt", "nolength")
+FAULT_KINDS = ("503", "404", "429", "drop", "corrupt", "corrupt-resume", "nolength", "html", "stall")
+MAINTENANCE_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Service temporarily unavailable</title></head>\n"
+    b"<body><h1>Down for maintenance</h1><p>Please try again later.</p></body></html>\n"
+)
 RouteHandler = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
 
 
@@ -60,6 +66,9 @@ class FileServer:
         self.gzip_content_encoding = gzip_content_encoding
         self.requests: list[LoggedRequest] = []
         self._faults: dict[str, deque[str]] = defaultdict(deque)
+        self._hidden: list[str] = []
+        self.retry_after = "1"  # the Retry-After value sent with an injected 429
+        self.release_stalled = threading.Event()  # set to let stalled responses end (stop() sets it)
         self._routes: dict[str, RouteHandler] = {}
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", port), _make_handler(self))
@@ -75,12 +84,19 @@ class FileServer:
 
     def add_fault(self, name_substring: str, kind: str, times: int = 1) -> None:
         """The next `times` GETs of a path containing `name_substring` misbehave as `kind`: an HTTP 503 or 404,
-        a connection dropped half-way (`drop`), a flipped byte (`corrupt`), or a body sent without
-        Content-Length, ended by closing the connection (`nolength`)."""
+        a 429 with `Retry-After: <self.retry_after>`, a connection dropped half-way (`drop`), a flipped byte
+        (`corrupt`; `corrupt-resume`: only a Range request takes it, so it hits the resumed part of a body),
+        a body sent without Content-Length, ended by closing the connection (`nolength`), an HTML maintenance
+        page with status 200 (`html`), or headers that never come until `release_stalled` is set (`stall`)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; choose one of {FAULT_KINDS}")
         with self._lock:
             self._faults[name_substring].extend([kind] * times)
+
+    def hide(self, name_substring: str) -> None:
+        """Answer 404 for every path containing `name_substring` from now on (e.g. ".md5": no sidecars)."""
+        with self._lock:
+            self._hidden.append(name_substring)
 
     def add_route(self, path: str, handler: RouteHandler) -> None:
         """Answer GETs of `path` (exact, without query) with handler(query) -> (status, content_type, body)."""
@@ -90,12 +106,18 @@ class FileServer:
         """GET requests of files (not routes) whose path contains `name_substring`."""
         return [r for r in self.requests if r.method == "GET" and name_substring in r.path and r.path not in self._routes]
 
-    def _take_fault(self, path: str) -> str | None:
+    def _take_fault(self, path: str, ranged: bool) -> str | None:
         with self._lock:
             for key, queue in self._faults.items():
                 if key in path and queue:
+                    if queue[0] == "corrupt-resume" and not ranged:
+                        return None  # waits for the resumed request
                     return queue.popleft()
         return None
+
+    def _is_hidden(self, path: str) -> bool:
+        with self._lock:
+            return any(h in path for h in self._hidden)
 
     def start(self) -> FileServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="genoflows-fileserver", daemon=True)
@@ -103,6 +125,7 @@ class FileServer:
         return self
 
     def stop(self) -> None:
+        self.release_stalled.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -145,12 +168,26 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._simple(status, body, ctype)
                 return
             target = (server.root / path.lstrip("/")).resolve()
-            if not target.is_relative_to(server.root) or not target.is_file():
+            if not target.is_relative_to(server.root) or not target.is_file() or server._is_hidden(path):
                 self._simple(404, b"not found\n")
                 return
-            fault = server._take_fault(path) if self.command == "GET" else None
+            fault = server._take_fault(path, "Range" in self.headers) if self.command == "GET" else None
             if fault in ("503", "404"):
                 self._simple(int(fault), f"injected {fault}\n".encode())
+                return
+            if fault == "429":
+                self._log(429)
+                self.send_response(429)
+                self.send_header("Retry-After", server.retry_after)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if fault == "html":  # a proxy or CDN maintenance page, with status 200
+                self._simple(200, MAINTENANCE_PAGE, "text/html; charset=utf-8")
+                return
+            if fault == "stall":
+                server.release_stalled.wait(60)
+                self.close_connection = True
                 return
             self._send_file(target, path, fault)
 
@@ -195,7 +232,7 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             with open(target, "rb") as fh:
                 fh.seek(start)
                 body_budget = length // 2 if fault == "drop" else length
-                self._stream(fh, body_budget, corrupt=fault == "corrupt")
+                self._stream(fh, body_budget, corrupt=fault in ("corrupt", "corrupt-resume"))
             if fault == "drop":
                 self.close_connection = True
                 self.wfile.flush()
