@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-
 import boto3
 import pytest
 
 from genoflows.fetch import PermanentFetchError
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
+from tests.test_fetch_content import write_vcf_gz
 from tasks.fetch import fetch_file
 
 
@@ -28,8 +27,7 @@ def _run_count(state) -> int:
 def test_faults_are_retried_until_the_file_is_whole(prefect_harness, tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    body = os.urandom(200_000)
-    (root / "truth.vcf.gz").write_bytes(body)
+    body = write_vcf_gz(root / "truth.vcf.gz", n=6000)
     with FileServer(root) as server:
         for kind in ("503", "drop", "corrupt"):
             server.add_fault("truth", kind)
@@ -60,3 +58,80 @@ def test_access_denied_is_not_retried(prefect_harness, moto_endpoint, tmp_path, 
     with pytest.raises(PermanentFetchError, match="access denied"):
         state.result()
     assert _run_count(state) == 1
+
+
+def test_retry_settings_drive_fetch_file_and_no_partial_survives_the_last_attempt(prefect_harness, tmp_path,
+                                                                                 monkeypatch):
+    """GENOFLOWS_RETRY_ATTEMPTS decides the attempts (applied at call time); a download that drops every time
+    leaves no .part once the retries are spent."""
+    from tasks.fetch import fetch_retry_options
+
+    monkeypatch.setenv("GENOFLOWS_RETRY_ATTEMPTS", "2")
+    from genoflows.settings import get_settings
+
+    get_settings.cache_clear()
+    root = tmp_path / "www"
+    root.mkdir()
+    write_vcf_gz(root / "truth.vcf.gz", n=6000)
+    dest = tmp_path / "ref" / "truth.vcf.gz"
+    with FileServer(root) as server:
+        server.add_fault("truth", "drop", times=10)
+        state = fetch_file.with_options(**fetch_retry_options())(server.url("truth.vcf.gz"), dest, return_state=True)
+    get_settings.cache_clear()
+    assert state.is_failed() and _run_count(state) == 3
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_an_etag_mismatch_is_downloaded_twice_not_five_times(prefect_harness, moto_endpoint, tmp_path, monkeypatch):
+    import genoflows.fetch
+    from genoflows.fetch import BadSourceFile
+    from tasks.fetch import fetch_retry_options
+    from tests.test_fetch import _CorruptingClient, _upload_uneven
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-task-mismatch")
+    _upload_uneven(s3, "lab-task-mismatch", "calls.bin", [5 << 20, 7 << 20, 100])
+    corrupting = _CorruptingClient(s3)
+    monkeypatch.setattr(genoflows.fetch, "s3_client", lambda *a, **k: corrupting)
+    state = fetch_file.with_options(**fetch_retry_options())(
+        "s3://lab-task-mismatch/calls.bin", tmp_path / "calls.bin", return_state=True
+    )
+    assert state.is_failed() and _run_count(state) == 2 and corrupting.downloads == 2
+    with pytest.raises(BadSourceFile, match="downloaded twice"):
+        state.result()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_credentials_are_a_block_object(prefect_harness, moto_endpoint, tmp_path):
+    """fetch_file(aws_credentials=AwsCredentials(...)): the block object, as a flow's block-typed parameter
+    passes it, with its own endpoint; nothing is saved or looked up by name."""
+    from prefect_aws import AwsCredentials
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-block")
+    s3.put_object(Bucket="lab-block", Key="notes.txt", Body=b"lab notes\n")
+    creds = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                           aws_client_parameters={"endpoint_url": moto_endpoint})
+    result = fetch_file("s3://lab-block/notes.txt", tmp_path / "notes.txt", aws_credentials=creds)
+    assert result.path.read_bytes() == b"lab notes\n"
+
+
+def test_one_progress_artifact_per_file_and_none_for_small_files(prefect_harness, tmp_path, monkeypatch):
+    from genoflows.settings import get_settings
+    from genoflows.testing.artifacts import read_artifacts
+
+    root = tmp_path / "www"
+    root.mkdir()
+    write_vcf_gz(root / "small.vcf.gz", n=6000)
+    write_vcf_gz(root / "watched.vcf.gz", n=6000)
+    with FileServer(root) as server:
+        assert fetch_file(server.url("small.vcf.gz"), tmp_path / "small.vcf.gz").downloaded  # below 64 MiB
+        monkeypatch.setenv("GENOFLOWS_PROGRESS_ARTIFACT_MIN_BYTES", "1000")
+        get_settings.cache_clear()
+        server.add_fault("watched", "drop")  # a retry of the same task run updates the same artifact
+        state = fetch_file(server.url("watched.vcf.gz"), tmp_path / "watched.vcf.gz", return_state=True)
+    get_settings.cache_clear()
+    assert state.is_completed() and _run_count(state) == 2
+    assert read_artifacts("fetch-small-vcf-gz") == []
+    watched = read_artifacts("fetch-watched-vcf-gz")
+    assert len(watched) == 1 and watched[0].type == "progress" and float(watched[0].data) == 100.0

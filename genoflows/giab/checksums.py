@@ -9,7 +9,6 @@ against the bytes the first run accepted.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from filelock import FileLock
+
+from genoflows.files import atomic_output
 
 MANIFEST_NAME = "giab-manifest.json"
 _MD5_LINE = re.compile(r"^\s*(?:MD5\s*\((?P<n1>.+)\)\s*=\s*(?P<h1>[0-9a-fA-F]{32})|(?P<h2>[0-9a-fA-F]{32})\s+[* ]?(?P<n2>.+?))\s*$")
@@ -84,7 +85,16 @@ class Manifest:
         with self._lock:
             data = self._read()
             data[relpath] = asdict(entry)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            tmp.replace(self.path)
+            self._write(data)
         return entry
+
+    def unpin(self, relpath: str) -> None:
+        """Forget a pin that was taken from a bad body (a cache poisoned before content was checked)."""
+        with self._lock:
+            data = self._read()
+            if data.pop(relpath, None) is not None:
+                self._write(data)
+
+    def _write(self, data: dict) -> None:
+        with atomic_output(self.path) as tmp:  # unique temp name, then rename
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

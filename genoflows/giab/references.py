@@ -92,6 +92,9 @@ def bring(remote: RemoteFile, root: Path, fetcher: Fetcher, *, log: Log | None =
                 manifest.pin(remote.relpath, url=remote.url, sha256=file_digest(dest, "sha256"),
                              size=dest.stat().st_size, md5_source=None)
             return Brought(dest, False, "cached")
+        if pin is not None and file_digest(dest, "sha256") == pin.sha256:  # pinned from a bad body: forget it
+            manifest.unpin(remote.relpath)
+            pin = None
         if log:
             log(f"cached {dest.name} fails its check ({problem}); discarding it and downloading it again")
         discard_cached(dest)
