@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+
 import boto3
 import pytest
 
 from genoflows.fetch import PermanentFetchError
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
-from tests.test_fetch_content import write_vcf_gz
 from tasks.fetch import fetch_file
+from tests.test_fetch_content import write_vcf_gz
 
 
 def _run_count(state) -> int:
