@@ -278,6 +278,9 @@ def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size
     if sha256 and digests["sha256"] != sha256.lower():
         problems.append(f"sha256 {digests['sha256']} != expected {sha256}")
     if problems:
+        with open(part, "rb") as fh:
+            what = verify.describe_body(fh.read(4096))
+        problems += [what] if what else []  # say what arrived when it is plain to see
         _discard(part)
         raise ChecksumMismatch(f"{shown}: {'; '.join(problems)}; the partial file was removed")
     return digests

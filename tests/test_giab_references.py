@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -13,11 +14,11 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflows.fetch import ChecksumMismatch, fetch
+from genoflows.fetch import BadSourceFile, ChecksumMismatch, ContentMismatch, TransientFetchError, fetch
 from genoflows.giab import catalogue, demo_data, references
 from genoflows.giab.checksums import Manifest
 from genoflows.giab.query import InputError, ensure_indexed
-from genoflows.testing.http_server import FileServer
+from genoflows.testing.http_server import MAINTENANCE_PAGE, FileServer
 from genoflows.toolrun import ToolError
 
 HG = "HG004"
@@ -177,3 +178,140 @@ def test_a_killed_query_indexing_leaves_no_index_that_looks_complete(world, tmp_
     assert not Path(f"{copy}.tbi").exists()
     killed_indexer()
     assert ensure_indexed(copy) == Path(f"{copy}.tbi") and _index_is_whole(copy)
+
+
+# --- a misbehaving mirror, through the retrying fetch task (the one retry policy, GENOFLOWS_RETRY_*: 4 retries) ---
+
+
+def _retrying_fetcher(uri, dest, **kwargs):
+    """What tasks.giab passes to references.bring: the fetch task under the project's retry policy."""
+    from tasks.fetch import fetch_file, fetch_retry_options
+
+    return fetch_file.with_options(**fetch_retry_options())(uri, dest, **kwargs)
+
+
+def _only_verified(root: Path) -> None:
+    """The cache holds verified files and their bookkeeping only: no partial, temp or 0-byte file, and every
+    pinned file matches its pin."""
+    pins = json.loads((root / "giab-manifest.json").read_text()) if (root / "giab-manifest.json").exists() else {}
+    for p in root.rglob("*"):
+        if p.is_dir() or p.name.endswith(".lock"):
+            continue
+        assert not p.name.endswith((".part", ".tmp", ".validator", ".etag-mismatch")) and ".tmp-" not in p.name, p
+        assert p.stat().st_size > 0, p
+        rel = str(p.relative_to(root))
+        if rel in pins:
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == pins[rel]["sha256"], p
+
+
+def _served(world, spec_path: str) -> bytes:
+    return (world.mirror / spec_path.removeprefix("giab/")).read_bytes()
+
+
+def test_sidecar_503s_and_a_body_corrupt_after_resume_end_verified_and_heal(prefect_harness, world, tmp_path):
+    """The issue's mirror: the md5 listing answers 503 three times (retried like the file itself, so the md5 is
+    read and used), the VCF drops twice and its resumed body arrives corrupt; the run ends with the published
+    bytes, and a cache damaged afterwards is downloaded again on the next run, not failed on."""
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        server.add_fault("/md5sum", "503", times=3)
+        server.add_fault(spec.vcf.name, "drop", times=2)
+        server.add_fault(spec.vcf.name, "corrupt-resume")
+        local, got = references.bring_truth(spec, root, _retrying_fetcher)
+        assert local.vcf.read_bytes() == _served(world, spec.vcf.relpath)
+        assert got[0].checksum.startswith("md5 from") and got[0].checksum.endswith("md5sum, content checked (vcf)"
+                                                                                   "; sha256 pinned now")
+        assert [r.status for r in server.downloads(spec.vcf.name) if not r.path.endswith((".md5", ".tbi"))] == [
+            200, 206, 206, 200]
+        _only_verified(root)
+        local.vcf.write_bytes(local.vcf.read_bytes()[:-100])  # damaged later (disk, a killed copy)
+        _, again = references.bring_truth(spec, root, _retrying_fetcher)
+        assert [g.downloaded for g in again] == [True, False, False]
+        assert local.vcf.read_bytes() == _served(world, spec.vcf.relpath)
+        _only_verified(root)
+
+
+def test_no_sidecars_at_all_and_a_corrupt_resume_is_caught_by_content(prefect_harness, world, tmp_path):
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        server.hide("md5")
+        server.hide("MD5")
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        server.add_fault(spec.vcf.name, "drop")
+        server.add_fault(spec.vcf.name, "corrupt-resume")
+        local, got = references.bring_truth(spec, root, _retrying_fetcher)
+    assert got[0].checksum == "no published checksum, content checked (vcf); sha256 pinned now"
+    assert local.vcf.read_bytes() == _served(world, spec.vcf.relpath)
+    _only_verified(root)
+
+
+def test_an_html_page_with_200_fails_naming_the_file_then_heals(prefect_harness, world, tmp_path):
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        server.add_fault(spec.vcf.name, "html", times=5)  # every attempt (1 + 4 retries) gets the page
+        with pytest.raises(ChecksumMismatch, match=rf"{spec.vcf.name}: md5 .*; the server answered an HTML page"):
+            references.bring_truth(spec, root, _retrying_fetcher)
+        assert not (root / spec.vcf.relpath).exists() and Manifest(root).get(spec.vcf.relpath) is None
+        _only_verified(root)
+        local, got = references.bring_truth(spec, root, _retrying_fetcher)  # the mirror is back
+        assert got[0].downloaded and local.vcf.read_bytes() == _served(world, spec.vcf.relpath)
+        _only_verified(root)
+
+
+def test_a_cache_poisoned_before_content_checks_heals(world, tmp_path):
+    """What the old code left: the HTML page under the final name, pinned. The pin was taken from a bad body, so
+    it is dropped with the file, and the truth is downloaded and pinned again."""
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        poisoned = root / spec.vcf.relpath
+        poisoned.parent.mkdir(parents=True)
+        poisoned.write_bytes(MAINTENANCE_PAGE)
+        Manifest(root).pin(spec.vcf.relpath, url=spec.vcf.url, sha256=hashlib.sha256(MAINTENANCE_PAGE).hexdigest(),
+                           size=len(MAINTENANCE_PAGE), md5_source=None)
+        got = references.bring(spec.vcf, root, fetch)
+    assert got.downloaded and poisoned.read_bytes() == _served(world, spec.vcf.relpath)
+    assert Manifest(root).get(spec.vcf.relpath).sha256 == hashlib.sha256(poisoned.read_bytes()).hexdigest()
+
+
+def test_a_sidecar_failing_for_good_fails_the_download_naming_it(prefect_harness, world, tmp_path):
+    """Only a definite 404 means "no published checksum": a listing that keeps answering 503 is an error."""
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        server.add_fault("/md5sum", "503", times=5)
+        with pytest.raises(TransientFetchError, match=r"/md5sum: server answered HTTP 503"):
+            references.bring(spec.bed, root, _retrying_fetcher)
+        assert not (root / spec.bed.relpath).exists()
+        assert references.bring(spec.bed, root, _retrying_fetcher).checksum.startswith("md5 from")
+
+
+def test_a_user_supplied_truth_gets_the_same_verification(world, tmp_path):
+    """A custom truth VCF over HTTP with no sidecar: the HTML page is refused; a local truth VCF that is
+    truncated is refused for good (fetching a local file again cannot help)."""
+    spec_g = catalogue.small_truth(HG, "GRCh38", "BASE")
+    vcf_rel = spec_g.vcf.relpath.removeprefix("giab/")
+    with FileServer(world.mirror) as server:
+        custom = catalogue.custom_truth(server.url(vcf_rel), None)
+        server.add_fault(spec_g.vcf.name, "html")
+        with pytest.raises(ContentMismatch, match="HTML page"):
+            references.bring(custom.vcf, tmp_path / "refs", fetch)
+    cut = tmp_path / "lab_truth.vcf.gz"
+    cut.write_bytes(_served(world, spec_g.vcf.relpath)[:-28])
+    with pytest.raises(BadSourceFile, match=r"lab_truth\.vcf\.gz.*truncated"):
+        references.bring(catalogue.custom_truth(str(cut), None).vcf, tmp_path / "refs", fetch)
+    _only_verified(tmp_path / "refs")
+
+
+def test_a_prepared_fasta_that_does_not_fit_its_index_is_prepared_again(world, tmp_path):
+    root = tmp_path / "refs"
+    with FileServer(world.mirror) as server:
+        remote = catalogue.reference_fasta("GRCh38", world.reference_urls(server.base_url))
+        fasta = references.indexed_fasta(references.bring(remote, root, fetch).path)
+    good = fasta.read_bytes()
+    fasta.write_bytes(good[: len(good) // 2])  # a killed decompression of an older version left half a file
+    assert references.fasta_ready(remote.relpath, root) is None
+    assert references.indexed_fasta(root / remote.relpath) == fasta and fasta.read_bytes() == good
+    assert not [p for p in fasta.parent.iterdir() if ".tmp" in p.name]
