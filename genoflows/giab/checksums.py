@@ -1,6 +1,7 @@
 """Published md5s and our own sha256 manifest for the reference cache.
 
-GIAB's md5 files are inconsistent (spec section 2.3), so verification is layered: an md5 published next to the
+GIAB publishes md5s inconsistently (a `<file>.md5` sidecar for some files, a per-directory `md5sum` listing
+for others, none for many; docs/fetch.md), so verification is layered: an md5 published next to the
 file when one can be found, otherwise the sha256 we pinned the first time the file was downloaded (kept in
 `<reference_dir>/giab-manifest.json`), so every later download - another machine, a deleted cache - is checked
 against the bytes the first run accepted.

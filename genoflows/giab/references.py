@@ -27,7 +27,15 @@ import pysam
 from filelock import FileLock
 
 from genoflows import verify
-from genoflows.fetch import BadSourceFile, FetchResult, NotFound, check_cached, discard_cached, file_digest
+from genoflows.fetch import (
+    BadSourceFile,
+    FetchResult,
+    NotFound,
+    check_cached,
+    discard_cached,
+    file_digest,
+    redact_url,
+)
 from genoflows.files import atomic_output
 from genoflows.giab.catalogue import RemoteFile, TruthFiles
 from genoflows.giab.checksums import Manifest, md5_for
@@ -89,7 +97,7 @@ def bring(remote: RemoteFile, root: Path, fetcher: Fetcher, *, log: Log | None =
         problem = check_cached(dest, kind=kind, sha256=pin.sha256 if pin else None, size=pin.size if pin else None)
         if problem is None:
             if pin is None:  # verified in full just now (check_cached has no record to lean on): pin it
-                manifest.pin(remote.relpath, url=remote.url, sha256=file_digest(dest, "sha256"),
+                manifest.pin(remote.relpath, url=redact_url(remote.url), sha256=file_digest(dest, "sha256"),
                              size=dest.stat().st_size, md5_source=None)
             return Brought(dest, False, "cached")
         if pin is not None and file_digest(dest, "sha256") == pin.sha256:  # pinned from a bad body: forget it
@@ -101,15 +109,15 @@ def bring(remote: RemoteFile, root: Path, fetcher: Fetcher, *, log: Log | None =
     dest.parent.mkdir(parents=True, exist_ok=True)
     md5, md5_source = find_published_md5(remote, fetcher, dest.parent)
     result = fetcher(remote.url, dest, md5=md5, sha256=pin.sha256 if pin else None, kind=kind)
-    how = f"md5 from {md5_source}" if md5 else ("sha256 pinned earlier" if pin else "no published checksum")
+    how = f"md5 from {redact_url(md5_source)}" if md5 else ("sha256 pinned earlier" if pin else "no published checksum")
     how += f", content checked ({kind})"
     if pin is None:
         manifest.pin(
             remote.relpath,
-            url=remote.url,
+            url=redact_url(remote.url),  # the manifest is for people: no pre-signed tokens in it
             sha256=result.sha256 or file_digest(result.path, "sha256"),
             size=result.path.stat().st_size,
-            md5_source=md5_source,
+            md5_source=redact_url(md5_source) if md5_source else None,
         )
         how += "; sha256 pinned now"
     if log:
