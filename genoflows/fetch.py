@@ -523,11 +523,19 @@ def classify_s3_error(uri: str, exc: Exception) -> FetchError:
                 f"{uri}: access denied ({code}); check the AWS credentials block or bucket policy"
             )
         if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound") or status == 404:
-            return NotFound(f"{uri}: no such object ({code}); check the bucket and key")
+            return PermanentFetchError(f"{uri}: no such object ({code}); check the bucket and key")
         if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
             return TransientFetchError(f"{uri}: S3 error {code}; will retry")
         return PermanentFetchError(f"{uri}: S3 error {code}")
     return TransientFetchError(f"{uri}: {type(exc).__name__}: {exc}; will retry")
+
+
+def _s3_error(uri: str, exc: Exception) -> FetchError:
+    """classify_s3_error, with a missing object as `NotFound` (what fetch's callers test for)."""
+    err = classify_s3_error(uri, exc)
+    if isinstance(err, PermanentFetchError) and ": no such object (" in str(err):
+        return NotFound(str(err))
+    return err
 
 
 def _local_signature(uri: str) -> dict:
@@ -543,7 +551,7 @@ def _s3_signature(uri: str, client) -> dict:
     try:
         etag = (client or s3_client()).head_object(Bucket=bucket, Key=key).get("ETag", "").strip('"')
     except (ClientError, BotoCoreError) as exc:
-        raise classify_s3_error(uri, exc) from exc
+        raise _s3_error(uri, exc) from exc
     return {"etag": etag}
 
 
@@ -610,7 +618,7 @@ def _fetch_s3(
         return total, etag, proven
     except (ClientError, BotoCoreError) as exc:
         _discard(part)
-        raise classify_s3_error(uri, exc) from exc
+        raise _s3_error(uri, exc) from exc
 
 
 def _multipart_etag(path: Path, part_sizes: list[int]) -> str:

@@ -214,8 +214,13 @@ class _Lines:
 
     def __init__(self, kind: str):
         self.kind, self.carry, self.lineno, self.started = kind, b"", 0, False
+        self.seen_enough = False  # a checker that needs no more lines sets this (the rest is not split)
 
     def __call__(self, chunk: bytes) -> None:
+        if self.seen_enough:
+            if not chunk:
+                self.end()
+            return
         if not self.started and chunk:
             self.started = True
             _check_start(self.kind, chunk[:4096])
@@ -279,7 +284,7 @@ class _VcfChecker(_Lines):
 
     def line(self, line: bytes) -> None:
         if self.records:
-            return  # the body is for pysam and the tools; the CRC pass already covered it
+            return  # the body is for pysam and the tools; the CRC pass covers it
         if line.startswith(b"##"):
             if self.header_done:
                 raise ContentError(f"VCF line {self.lineno}: a meta line after the #CHROM line")
@@ -294,6 +299,7 @@ class _VcfChecker(_Lines):
         if len(line.split(b"\t")) < 8:
             raise ContentError(f"VCF line {self.lineno}: fewer than 8 tab-separated columns: {line[:80]!r}")
         self.records += 1
+        self.seen_enough = True
 
     def end(self) -> None:
         if not self.header_done:

@@ -12,7 +12,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from genoflows.fetch import BadSourceFile, ChecksumMismatch, PermanentFetchError, TransientFetchError, fetch
+from genoflows.fetch import (
+    BadSourceFile,
+    ChecksumMismatch,
+    NotFound,
+    PermanentFetchError,
+    TransientFetchError,
+    fetch,
+)
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
 
@@ -185,7 +192,7 @@ def test_s3_single_and_multipart_etag(moto_endpoint, tmp_path):
     assert got.path.read_bytes() == small
     got = fetch("s3://lab-fetch/calls/big.bin", tmp_path / "b.bin", s3_client=s3)
     assert hashlib.sha256(got.path.read_bytes()).digest() == hashlib.sha256(big).digest()
-    with pytest.raises(PermanentFetchError, match="no such object"):
+    with pytest.raises(NotFound, match="no such object"):
         fetch("s3://lab-fetch/calls/absent.vcf.gz", tmp_path / "absent", s3_client=s3)
 
 
