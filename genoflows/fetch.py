@@ -129,13 +129,14 @@ def fetch(
     with FileLock(str(dest.parent / f".{dest.name}.lock")):  # hidden: it stays behind, harmlessly
         scheme = urlparse(uri).scheme
         healed = False
-        if dest.exists() and not _source_changed(uri, scheme, dest, s3_client):
+        changed, now = _source_changed(uri, scheme, dest, s3_client) if dest.exists() else (True, None)
+        if dest.exists() and not changed:
             problem, digests = _check_cached(dest, kind=kind, md5=md5, sha256=sha256, size=size)
             if problem is None:
                 if digests is not None:  # verified in full for the first time: record it
                     st = dest.stat()
-                    _write_record(dest, {**_record(dest), "uri": uri, "kind": kind, "size": st.st_size,
-                                         "mtime_ns": st.st_mtime_ns, **digests})
+                    _write_record(dest, {"uri": uri, "kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                         **digests, **({"source": now} if now else {})})
                 return FetchResult(uri, dest, dest.stat().st_size, False, _record(dest).get("sha256"))
             if log:
                 log(f"cached {dest} fails its check ({problem}); discarding it and fetching {shown} again")
@@ -555,18 +556,21 @@ def _s3_signature(uri: str, client) -> dict:
     return {"etag": etag}
 
 
-def _source_changed(uri: str, scheme: str, dest: Path, s3_client) -> bool:
-    """Is the cached `dest` a copy of another version of its source? Compared with what was recorded when it was
-    fetched: an S3 object's ETag (one HEAD, no download), a local file's size, mtime and inode (a corrected file
-    moved into place keeps its older mtime, so "newer" is not the test). HTTP sources (published truth sets,
-    ENA files) are immutable: only their content is re-checked."""
-    rec = _record(dest)
-    if scheme not in ("s3", "", "file") or not rec:
-        return False
+def _source_changed(uri: str, scheme: str, dest: Path, s3_client) -> tuple[bool, dict | None]:
+    """(is the cached `dest` a copy of another version of its source?, the source's signature now). Compared with
+    what was recorded when it was fetched: an S3 object's ETag (one HEAD, no download), a local file's size, mtime
+    and inode (a corrected file moved into place keeps its older mtime, so "newer" is not the test). HTTP sources
+    (published truth sets, ENA files) are immutable: only their content is re-checked. A copy with no record at
+    all (put there by hand, an older cache) is judged by its content alone."""
+    if scheme not in ("s3", "", "file"):
+        return False, None
     if scheme != "s3" and not Path(urlparse(uri).path if uri.startswith("file://") else uri).is_file():
-        return False  # the source is gone: the verified copy is all there is
+        return False, None  # the source is gone: the verified copy is all there is
+    rec = _record(dest)
     now = _s3_signature(uri, s3_client) if scheme == "s3" else _local_signature(uri)
-    return rec.get("uri") != uri or rec.get("source") != now
+    if not rec:
+        return False, now
+    return rec.get("uri") != uri or rec.get("source") != now, now
 
 
 def _mismatch_marker(part: Path) -> Path:
