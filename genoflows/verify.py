@@ -31,7 +31,7 @@ def infer_kind(name: str) -> str:
     """The content kind of a file from its name (`.part` and query strings ignored); `data` when unknown."""
     n = name.lower().split("?")[0].removesuffix(".part")
     table = [
-        ((".vcf.gz", ".vcf.bgz", ".vcf"), "vcf"),
+        ((".vcf.gz", ".vcf.bgz", ".vcf", ".gvcf.gz", ".gvcf"), "vcf"),
         ((".bcf",), "bcf"),
         ((".bed.gz", ".bed"), "bed"),
         ((".fa.gz", ".fasta.gz", ".fna.gz", ".fa", ".fasta", ".fna"), "fasta"),

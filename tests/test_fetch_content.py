@@ -238,3 +238,11 @@ def test_safe_name_is_one_rule():
     for bad in ("../etc", "a/b", "-rf", ".hidden", "a..b", "", "x" * 201, "a b"):
         with pytest.raises(ValueError, match="not a safe name"):
             safe_name(bad, "sample id")
+
+
+def test_kinds_from_names():
+    assert [verify.infer_kind(n) for n in (
+        "HG002.g.vcf.gz", "NA24143.gvcf.gz", "conf.bed.gz", "GRCh38.fasta.gz", "x.vcf.gz.tbi", "x.bcf.csi",
+        "md5sum", "x.vcf.gz.md5", "SRR1_1.fastq.gz", "SRR1.sra", "x.vcf.gz.part",
+    )] == ["vcf", "vcf", "bed", "fasta", "tbi", "csi", "checksum", "checksum", "fastq", "data", "vcf"]
+
