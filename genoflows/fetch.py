@@ -395,9 +395,10 @@ def _fetch_http(url: str, part: Path, *, size: int | None, progress: Progress | 
             if status in (429, 503):
                 # Throttled or in maintenance: wait what the server asks (bounded) before the retry policy's delay.
                 wait = retry_after_seconds(resp.headers.get("retry-after"), cap=get_settings().retry_max_delay_seconds)
+                asked = f" (Retry-After {resp.headers['retry-after']!r} honoured)" if wait is not None else ""
+                resp.close()  # do not hold the connection while waiting
                 if wait:
                     _wait(wait)
-                asked = f" (Retry-After {resp.headers['retry-after']!r} honoured)" if wait is not None else ""
                 raise TransientFetchError(f"{shown}: server answered HTTP {status}{asked}; will retry")
             if status == 408 or status >= 500:
                 raise TransientFetchError(f"{shown}: server answered HTTP {status}; will retry")
