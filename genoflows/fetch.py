@@ -641,8 +641,9 @@ def _multipart_etag(path: Path, part_sizes: list[int]) -> str:
     return hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(part_sizes)}"
 
 
-def _part_sizes(client, bucket: str, key: str, count: int, total: int) -> list[int] | None:
-    """The size of every part of a multipart object, from HEAD ?partNumber=n; None when S3 does not say."""
+def _part_sizes(client, bucket: str, key: str, count: int) -> list[int] | None:
+    """The sizes of parts 1..count of a multipart object, from HEAD ?partNumber=n; None when S3 does not say
+    (some S3 clones do not support partNumber)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -667,11 +668,13 @@ def _verify_etag(uri: str, part: Path, etag: str, client, bucket: str, key: str,
             got = file_digest(part, "md5")
         else:
             count = int(etag.split("-")[1])
-            first = int(client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
-            even = [first] * (count - 1) + [total - first * (count - 1)]
-            got = _multipart_etag(part, even) if 0 < even[-1] <= first else None
-            if got != etag:  # parts of different sizes: ask for each one
-                sizes = _part_sizes(client, bucket, key, count, total)
+            first = _part_sizes(client, bucket, key, 1)
+            got = None
+            if first:  # the usual layout first: equal parts, a shorter last one (one HEAD)
+                even = [first[0]] * (count - 1) + [total - first[0] * (count - 1)]
+                got = _multipart_etag(part, even) if 0 < even[-1] <= first[0] else None
+            if first and got != etag:  # parts of different sizes: ask for each one
+                sizes = _part_sizes(client, bucket, key, count)
                 got = _multipart_etag(part, sizes) if sizes and sum(sizes) == total else None
             if got is None:
                 return _verify_full_object_checksum(uri, part, client, bucket, key, log=log)
@@ -688,7 +691,9 @@ def _verify_full_object_checksum(uri: str, part: Path, client, bucket: str, key:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except (ClientError, BotoCoreError):
         head = {}
-    if head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+    composite = head.get("ChecksumType") == "COMPOSITE" or "-" in str(head.get("ChecksumSHA256") or "") + str(
+        head.get("ChecksumCRC32") or "")  # a checksum of part checksums: not comparable with the whole body
+    if not composite:
         if want := head.get("ChecksumSHA256"):
             got = base64.b64encode(bytes.fromhex(file_digest(part, "sha256"))).decode()
         elif want := head.get("ChecksumCRC32"):

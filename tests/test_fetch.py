@@ -221,6 +221,48 @@ def test_s3_uneven_multipart_parts_verify(moto_endpoint, tmp_path):
     assert got.downloaded and got.sha256 == hashlib.sha256(body).hexdigest()
 
 
+class _NoPartNumberClient:
+    """A real boto3 client in front of an S3 clone that does not support HEAD ?partNumber= (InvalidArgument)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def head_object(self, **kwargs):
+        if "PartNumber" in kwargs:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "InvalidArgument", "Message": "partNumber"}}, "HeadObject")
+        return self._client.head_object(**kwargs)
+
+
+def test_without_part_sizes_a_full_object_checksum_verifies(moto_endpoint, tmp_path):
+    """When the parts cannot be asked for, the object's full-object CRC32 checks the body; with no such checksum
+    either, size and content stand and the log says so."""
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="lab-clone")
+    up = s3.create_multipart_upload(Bucket="lab-clone", Key="crc.bin", ChecksumAlgorithm="CRC32",
+                                    ChecksumType="FULL_OBJECT")
+    rng, parts = random.Random(5), []
+    for number, n in enumerate([5 << 20, 3333], 1):
+        r = s3.upload_part(Bucket="lab-clone", Key="crc.bin", UploadId=up["UploadId"], PartNumber=number,
+                           Body=rng.randbytes(n), ChecksumAlgorithm="CRC32")
+        parts.append({"ETag": r["ETag"], "PartNumber": number, "ChecksumCRC32": r["ChecksumCRC32"]})
+    s3.complete_multipart_upload(Bucket="lab-clone", Key="crc.bin", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": parts})
+    clone = _NoPartNumberClient(s3)
+    assert fetch("s3://lab-clone/crc.bin", tmp_path / "crc.bin", s3_client=clone).downloaded
+    corrupting = _CorruptingClient(clone)
+    with pytest.raises(ChecksumMismatch, match="full-object checksum"):
+        fetch("s3://lab-clone/crc.bin", tmp_path / "crc2.bin", s3_client=corrupting)
+    _upload_uneven(s3, "lab-clone", "plain.bin", [5 << 20, 10])
+    logged: list[str] = []
+    assert fetch("s3://lab-clone/plain.bin", tmp_path / "plain.bin", s3_client=clone, log=logged.append).downloaded
+    assert "cannot be recomputed" in logged[0]
+
+
 class _CorruptingClient:
     """A real boto3 client whose downloads arrive with one byte flipped (a faulty proxy or NIC)."""
 
