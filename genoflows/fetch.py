@@ -117,9 +117,21 @@ def fetch(
     progress: Progress | None = None,
     s3_client=None,
     log: Log | None = None,
-) -> FetchResult:
+    missing_ok: bool = False,
+) -> FetchResult | None:
     """Fetch `uri` to `dest` unless `dest` is already there, unchanged at the source and still passing its checks;
-    verify (size, checksums, content of `kind`); rename into place."""
+    verify (size, checksums, content of `kind`); rename into place. `missing_ok`: return None instead of raising
+    `NotFound` (for optional files such as checksum sidecars, so a 404 is an answer, not a failure)."""
+    try:
+        return _fetch(uri, dest, md5=md5, sha256=sha256, size=size, kind=kind, progress=progress,
+                      s3_client=s3_client, log=log)
+    except NotFound:
+        if missing_ok:
+            return None
+        raise
+
+
+def _fetch(uri: str, dest: Path, *, md5, sha256, size, kind, progress, s3_client, log) -> FetchResult:
     dest = Path(dest)
     kind = kind or verify.infer_kind(dest.name)
     if kind not in verify.KINDS:

@@ -41,9 +41,11 @@ def fetch_file(
     s3_endpoint_url: str | None = None,
     aws_credentials: AwsCredentials | None = None,
     kind: str | None = None,
-) -> FetchResult:
+    missing_ok: bool = False,
+) -> FetchResult | None:
     """Bring `uri` to `dest`, verified (size, checksums, content of `kind`), atomically; a cache hit is
-    re-checked and healed when it fails. `aws_credentials` is a prefect-aws AwsCredentials block object."""
+    re-checked and healed when it fails. `aws_credentials` is a prefect-aws AwsCredentials block object.
+    `missing_ok`: a definite 404 returns None (the task completes) instead of failing."""
     from genoflows.fetch import s3_client
 
     logger = run_logger()
@@ -52,13 +54,15 @@ def fetch_file(
     client = s3_client(s3_endpoint_url, aws_credentials) if uri.startswith("s3://") else None
     try:
         result = fetch(uri, dest, md5=md5, sha256=sha256, size=size, kind=kind, progress=progress,
-                       s3_client=client, log=logger.warning)
+                       s3_client=client, log=logger.warning, missing_ok=missing_ok)
     except Exception:
         ctx = TaskRunContext.get()
         if ctx is None or ctx.task_run.run_count > ctx.task.retries:  # the last attempt: nothing to resume
             discard_partial(dest)
         raise
-    if result.downloaded:
+    if result is None:
+        logger.info("%s: not published (404)", redact_url(uri))
+    elif result.downloaded:
         logger.info("fetched %s -> %s (%d bytes, verified)%s", redact_url(uri), result.path, result.size,
                     "; replaced a cached copy that failed its check" if result.healed else "")
     else:

@@ -16,11 +16,22 @@ from tests.test_fetch_content import write_vcf_gz
 
 
 def _run_count(state) -> int:
+    """The task run's run_count as the API has it. Task runs reach the API through events, asynchronously: wait
+    (bounded) until the stored run has reached the final state we hold, so the count is the final one."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     async def read():
         async with get_client() as client:
-            return (await client.read_task_run(state.state_details.task_run_id)).run_count
+            for _ in range(300):
+                try:
+                    run = await client.read_task_run(state.state_details.task_run_id)
+                    if run.state is not None and run.state.type == state.type:
+                        return run.run_count
+                except ObjectNotFound:
+                    pass
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"task run {state.state_details.task_run_id} never reached {state.type} in the API")
 
     return asyncio.run(read())
 
@@ -136,3 +147,18 @@ def test_one_progress_artifact_per_file_and_none_for_small_files(prefect_harness
     assert read_artifacts("fetch-small-vcf-gz") == []
     watched = read_artifacts("fetch-watched-vcf-gz")
     assert len(watched) == 1 and watched[0].type == "progress" and float(watched[0].data) == 100.0
+
+
+def test_an_unpublished_optional_file_completes_with_none(prefect_harness, tmp_path):
+    """A checksum sidecar that is not there (404) is an answer, not a failed task run; a 503 is still retried."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "md5sum").write_text("0" * 32 + "  x.vcf.gz\n")
+    with FileServer(root) as server:
+        state = fetch_file(server.url("x.vcf.gz.md5"), tmp_path / "x.vcf.gz.md5", kind="checksum", missing_ok=True,
+                           return_state=True)
+        assert state.is_completed() and state.result() is None
+        server.add_fault("md5sum", "503", times=2)
+        state = fetch_file(server.url("md5sum"), tmp_path / "md5sum", missing_ok=True, return_state=True)
+        assert state.is_completed() and state.result().path.read_text().endswith("x.vcf.gz\n")
+        assert [r.status for r in server.requests] == [404, 503, 503, 200]

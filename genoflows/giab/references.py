@@ -42,7 +42,7 @@ from genoflows.giab.checksums import Manifest, md5_for
 from genoflows.giab.query import build_tbi
 
 Log = Callable[[str], None]
-Fetcher = Callable[..., FetchResult]  # fetch(uri, dest, md5=, sha256=, kind=) -> FetchResult
+Fetcher = Callable[..., FetchResult | None]  # fetch(uri, dest, md5=, sha256=, kind=, missing_ok=)
 
 
 class CacheMismatch(RuntimeError):
@@ -77,8 +77,8 @@ def find_published_md5(remote: RemoteFile, fetcher: Fetcher, workdir: Path) -> t
             if url not in memo:
                 try:  # a folder per listing keeps its real name (the task run is named after it)
                     name = PurePosixPath(urlparse(url).path).name or "checksums"
-                    got = fetcher(url, Path(tmp) / str(i) / name, kind="checksum")
-                    memo[url] = got.path.read_text(errors="replace")[:1_000_000]
+                    got = fetcher(url, Path(tmp) / str(i) / name, kind="checksum", missing_ok=True)
+                    memo[url] = got.path.read_text(errors="replace")[:1_000_000] if got is not None else None
                 except NotFound:
                     memo[url] = None
             text = memo[url]
