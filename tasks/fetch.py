@@ -18,17 +18,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from genoflows.fetch import FetchResult, PermanentFetchError, discard_partial, fetch, redact_url
-from tasks.runtime import ProgressReporter, artifact_key, retry_unless, run_logger
+from tasks.runtime import ProgressReporter, artifact_key, run_logger, transient_retry_options
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
 
 
 @task(
-    retries=4,  # callers apply transient_retry_options at call time; this is the fallback for a bare call
-    retry_delay_seconds=[1, 2, 4, 8],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_unless(PermanentFetchError),  # 4xx, AccessDenied, disk full, a bad source file
+    # The project's policy as configured at import, for a bare call; callers apply it again at call time
+    # (fetch_retry_options) so settings changed since count. Never retried: 4xx, AccessDenied, disk full, a bad
+    # source file (PermanentFetchError and its subclasses).
+    **transient_retry_options(PermanentFetchError),
     task_run_name="fetch {dest.name}",
     cache_policy=NO_CACHE,  # a block object among the parameters; fetch() is its own cache
 )
@@ -72,6 +72,4 @@ def fetch_file(
 
 def fetch_retry_options() -> dict:
     """`transient_retry_options(PermanentFetchError)`: the project's retry policy as configured now."""
-    from tasks.runtime import transient_retry_options
-
     return transient_retry_options(PermanentFetchError)
