@@ -9,7 +9,7 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflows.giab import demo_data
+from genoflows.testing import giab_world
 from genoflows.giab.compare import ReferenceMismatch, compare_small
 from genoflows.giab.contigs import ContigMismatch
 from genoflows.giab.query import InputError, ensure_indexed, variant_sites
@@ -19,8 +19,8 @@ HG = "HG004"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> demo_data.DemoWorld:
-    return demo_data.build_world(tmp_path_factory.mktemp("giab-world"), samples={HG: "NA24143_Lib3_Rep1"})
+def world(tmp_path_factory) -> giab_world.DemoWorld:
+    return giab_world.build_world(tmp_path_factory.mktemp("giab-world"), samples={HG: "NA24143_Lib3_Rep1"})
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def assert_matches_expected(summary_csv: Path, expected: demo_data.Expected) -> None:
+def assert_matches_expected(summary_csv: Path, expected: giab_world.Expected) -> None:
     rows = {(r.type, r.filter): r.values for r in parse_summary(summary_csv)}
     assert set(rows) == set(expected.counts)
     for key, exp in expected.counts.items():
@@ -64,8 +64,8 @@ def test_gvcf_becomes_variant_sites_without_reference_blocks(query, world):
 
 
 def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, cache_dir=tmp_path / "cache")
     assert_matches_expected(res.summary_csv, world.genomes[HG].expected)
     # Every planted error shows up in the per-record listing, classified.
@@ -82,8 +82,8 @@ def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, t
 
 
 def test_grch37_truth_against_a_chr_named_query_is_renamed_not_zeroed(world, query, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh37", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh37")
+    ref = giab_world.local_reference(world, "GRCh37", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh37")
     log: list[str] = []
     res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, log=log.append)
     assert any("query" in line and "renaming chr1->1" in line for line in log)
@@ -91,8 +91,8 @@ def test_grch37_truth_against_a_chr_named_query_is_renamed_not_zeroed(world, que
 
 
 def test_query_contig_absent_from_the_reference_is_a_clear_error(world, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     bad = tmp_path / "alt_contig.vcf"
     bad.write_text(
         "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chrUn_KI270302v1,length=2274>\n"
@@ -106,9 +106,9 @@ def test_query_contig_absent_from_the_reference_is_a_clear_error(world, tmp_path
 
 
 def test_query_on_another_reference_is_a_clear_error(world, query, tmp_path):
-    seqs = {name: seq[::-1] for name, seq in demo_data.make_reference().items()}  # same names, other bases
-    other = demo_data.write_fasta(seqs, tmp_path / "other.fa", "GRCh38")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    seqs = {name: seq[::-1] for name, seq in giab_world.make_reference().items()}  # same names, other bases
+    other = giab_world.write_fasta(seqs, tmp_path / "other.fa", "GRCh38")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     with pytest.raises(ReferenceMismatch, match="REF alleles disagree with the reference"):
         compare_small(truth, query, other, tmp_path / "out", confident_bed=bed)
 
@@ -144,7 +144,7 @@ def test_unindexed_sorted_input_is_indexed_and_plain_gzip_is_refused(world, tmp_
 
 # --- hand-made cases: each expectation follows from the GA4GH/hap.py rules, not from running the engine ------
 
-SEQ = demo_data.make_reference()["1"]  # the world's contig 1 (chr1 in GRCh38 files)
+SEQ = giab_world.make_reference()["1"]  # the world's contig 1 (chr1 in GRCh38 files)
 _MINI_HEADER = (
     "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chr2,length=80000>\n"
     '##FILTER=<ID=PASS,Description="All filters passed">\n##FILTER=<ID=LowQual,Description="Low quality">\n'
@@ -168,7 +168,7 @@ def _other(base: str) -> str:
 
 def _bench(world, tmp_path: Path, truth: list, query: list, bed: list[tuple[int, int]] | None = None) -> dict:
     """Run the flow's query preparation and the local engine on hand-made records; rows by (type, filter)."""
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
     truth_vcf = _mini_vcf(tmp_path / "truth.vcf", truth)
     query_vcf = variant_sites(_mini_vcf(tmp_path / "query.vcf", query), tmp_path / "q.vcf.gz", sample_id="S")
     bed_path = None

@@ -18,7 +18,8 @@ import boto3
 import pysam
 import pytest
 
-from genoflows.giab import catalogue, demo_data
+from genoflows.giab import catalogue
+from genoflows.testing import giab_world
 from genoflows.giab.checksums import MANIFEST_NAME
 from genoflows.settings import get_settings
 from genoflows.testing.artifacts import read_artifacts
@@ -30,8 +31,8 @@ HG4, HG2 = "HG004", "HG002"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> demo_data.DemoWorld:
-    return demo_data.build_world(tmp_path_factory.mktemp("giab-flow-world"))
+def world(tmp_path_factory) -> giab_world.DemoWorld:
+    return giab_world.build_world(tmp_path_factory.mktemp("giab-flow-world"))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def mirror(world):
 @pytest.fixture(scope="module")
 def lab_bucket(world, moto_endpoint) -> str:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    demo_data.upload_lab_files(s3, "giab-lab", "runs/2024-06", world.lab)
+    giab_world.upload_lab_files(s3, "giab-lab", "runs/2024-06", world.lab)
     return "s3://giab-lab/runs/2024-06"
 
 
@@ -87,7 +88,7 @@ def _metrics(path: Path) -> dict[tuple[str, str, str, str], str]:
     return {(r["engine"], r["type"], r["filter"], r["metric"]): r["value"] for r in rows}
 
 
-def _assert_small_metrics(metrics: dict, expected: demo_data.Expected, engine: str = "bcftools") -> None:
+def _assert_small_metrics(metrics: dict, expected: giab_world.Expected, engine: str = "bcftools") -> None:
     for (vtype, flt), exp in expected.counts.items():
         for col in ("TRUTH.TOTAL", "TRUTH.TP", "TRUTH.FN", "QUERY.TOTAL", "QUERY.FP", "QUERY.UNK", "FP.gt", "FP.al"):
             assert metrics[(engine, vtype, flt, col)] == str(exp[col]), (vtype, flt, col)
@@ -109,10 +110,10 @@ def test_first_run_downloads_second_run_downloads_nothing(prefect_harness, env, 
     _assert_small_metrics(_metrics(metrics_csv), world.genomes[HG4].expected)
     got = {r.path.rsplit("/", 1)[-1] for r in mirror.downloads() if r.status in (200, 206)}
     t = catalogue.small_truth(HG4, "GRCh38", "")
-    assert got >= {t.vcf.name, t.tbi.name, t.bed.name, "md5sum", demo_data.REFERENCE_NAMES["GRCh38"]}
+    assert got >= {t.vcf.name, t.tbi.name, t.bed.name, "md5sum", giab_world.REFERENCE_NAMES["GRCh38"]}
     manifest = json.loads((env.reference_dir / MANIFEST_NAME).read_text())
     assert manifest[t.bed.relpath]["md5_source"].endswith("/md5sum")  # the published md5 was found and used
-    assert manifest[f"references/GRCh38/{demo_data.REFERENCE_NAMES['GRCh38']}"]["md5_source"] is None  # pinned
+    assert manifest[f"references/GRCh38/{giab_world.REFERENCE_NAMES['GRCh38']}"]["md5_source"] is None  # pinned
     run, task_runs = _flow_run(state)
     assert run.name == sid
     assert {"ensure references GRCh38", f"stage small input of {sid}", "benchmark small variants (auto)"} <= {
@@ -134,7 +135,7 @@ def test_injected_faults_are_retried_and_the_run_succeeds(prefect_harness, env, 
     t = catalogue.small_truth(HG4, "GRCh38", "")
     mirror.add_fault(t.vcf.name, "corrupt")  # caught by the published md5, retried
     mirror.add_fault(t.bed.name, "503")
-    mirror.add_fault(demo_data.REFERENCE_NAMES["GRCh38"], "drop")  # resumed with a Range request
+    mirror.add_fault(giab_world.REFERENCE_NAMES["GRCh38"], "drop")  # resumed with a Range request
     state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out", engine="bcftools")
     assert state.is_completed(), state
     _assert_small_metrics(_metrics(state.result()), world.genomes[HG4].expected)
@@ -242,7 +243,7 @@ def _level0_bgzf(text: str, dst: Path) -> Path:
     return dst
 
 
-def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, str, dict]:
+def _same_size_replacement(world: giab_world.DemoWorld, hg: str) -> tuple[str, str, dict]:
     """(original gVCF text, replacement of the same length, expected counts of the replacement).
 
     The replacement calls one plain TP SNP (0/1 in truth and query, inside the confident regions) 1/1: by the
@@ -256,7 +257,7 @@ def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, st
         r for r in g.query
         if len(r.alts) == 1 and len(r.ref) == len(r.alts[0]) == 1 and r.gt == "0/1" and r.filter in ("PASS", ".")
         and (t := truth.get((r.chrom, r.pos))) is not None and (t.ref, t.alts, t.gt) == (r.ref, r.alts, r.gt)
-        and any(s < r.pos <= e for s, e in demo_data.CONFIDENT[r.chrom])
+        and any(s < r.pos <= e for s, e in giab_world.CONFIDENT[r.chrom])
     )
     with gzip.open(world.lab / f"{g.sample_id}.g.vcf.gz", "rt") as fh:
         original = fh.read()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from genoflows.giab import catalogue, demo_data, small, sv
+from genoflows.giab import catalogue, small, sv
+from genoflows.testing import giab_world
 from genoflows.giab.query import variant_sites
 from genoflows.toolrun import ToolError, _version_of, read_provenance
 
@@ -57,8 +58,8 @@ def _fake_happy(bindir: Path, *, fail: bool = False) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> demo_data.DemoWorld:
-    return demo_data.build_world(tmp_path_factory.mktemp("giab-world"))
+def world(tmp_path_factory) -> giab_world.DemoWorld:
+    return giab_world.build_world(tmp_path_factory.mktemp("giab-world"))
 
 
 @pytest.fixture
@@ -86,8 +87,8 @@ def test_auto_engine_picks_happy_only_when_it_can_run(fake_happy_on_path, monkey
 def test_happy_wrapper_runs_and_parses_by_header(world, fake_happy_on_path, tmp_path):
     fake_happy_on_path()
     hg = "HG004"
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, hg, "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, hg, "GRCh38")
     query = variant_sites(world.lab / f"{world.sample_id(hg)}.g.vcf.gz", tmp_path / "q.vcf.gz", sample_id=world.sample_id(hg))
     lines: list[str] = []
     out = small.run_happy(truth, query, ref, tmp_path / "out", confident_bed=bed, log=lines.append,
@@ -106,8 +107,8 @@ def test_happy_wrapper_runs_and_parses_by_header(world, fake_happy_on_path, tmp_
 
 def test_happy_failure_carries_its_last_lines_and_leaves_no_result(world, fake_happy_on_path, tmp_path):
     fake_happy_on_path(fail=True)
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, "HG004", "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, "HG004", "GRCh38")
     with pytest.raises(ToolError, match="contig chrQ not found"):
         small.run_happy(truth, truth, ref, tmp_path / "out", confident_bed=bed)
     assert not (tmp_path / "out" / "happy").exists()
@@ -115,7 +116,7 @@ def test_happy_failure_carries_its_last_lines_and_leaves_no_result(world, fake_h
 
 def test_truvari_bench_counts_the_planted_svs(world, tmp_path):
     sid = world.sample_id("HG002")
-    ref = demo_data.local_reference(world, "GRCh37", tmp_path / "ref")
+    ref = giab_world.local_reference(world, "GRCh37", tmp_path / "ref")
     t = catalogue.sv_truth("HG002", "GRCh37", "BASE")
     truth = world.mirror / t.vcf.url.removeprefix("BASE/")
     bed = world.mirror / t.bed.url.removeprefix("BASE/")
