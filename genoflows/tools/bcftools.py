@@ -12,9 +12,10 @@ TOOL = "bcftools"
 
 
 def _out_type(path: Path) -> str:
-    """`-O` value from the output name: .bcf -> b, .vcf.gz -> z, else v."""
+    """`-O` value from the output name: .ubcf -> u (uncompressed BCF, for files passed between steps: no
+    compression to pay for), .bcf -> b, .vcf.gz -> z, else v."""
     name = str(path)
-    return "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
+    return "u" if name.endswith(".ubcf") else "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
 
 
 def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> list[str]:
@@ -71,6 +72,22 @@ def rename_chrs_argv(src: Path, dst: Path, mapping_file: Path) -> list[str]:
 def view_regions_argv(src: Path, dst: Path, bed: Path, *, streaming: bool = False) -> list[str]:
     """Keep records overlapping `bed`: `-R` uses the index (jumps), `-T` streams (no index needed)."""
     return [TOOL, "view", "-T" if streaming else "-R", str(bed), "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def query_argv(src: Path, fmt: str, *, region: str | None = None, sample: str | None = None) -> list[str]:
+    """`bcftools query -f FMT [-r REGION] [-s SAMPLE]`: one line per record on stdout, for column-wise reading."""
+    argv = [TOOL, "query", "-f", fmt]
+    if region is not None:
+        argv += ["-r", region]
+    if sample is not None:
+        argv += ["-s", sample]
+    return argv + [str(src)]
+
+
+def isec_argv(a: Path, b: Path, out_dir: Path) -> list[str]:
+    """`bcftools isec -p DIR A B`: records private to A, private to B and shared (by position and alleles);
+    the benchmark's yardstick for the local engine's matching step."""
+    return [TOOL, "isec", "-p", str(out_dir), str(a), str(b)]
 
 
 def samples_argv(src: Path) -> list[str]:
