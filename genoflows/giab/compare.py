@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,18 @@ import pysam
 
 from genoflows.giab.contigs import ContigMismatch, bed_contigs, fasta_contigs, rename_plan, vcf_contigs
 from genoflows.giab.match import (
-    FILTERS, INDEL, SNP, Counts, contigs_in_order, count_contig, details_header, empty_calls, query_calls,
+    FILTERS,
+    INDEL,
+    SNP,
+    Alleles,
+    ContigReader,
+    Counts,
+    contigs_in_order,
+    count_contig,
+    details_header,
+    dump_calls,
+    empty_calls,
+    iter_contigs,
 )
 from genoflows.giab.normalise import ReferenceMismatch, prepare_side
 from genoflows.giab.regions import Everywhere, Regions
@@ -139,21 +151,31 @@ def compare_small(
     counts: dict[tuple[str, str], Counts] = defaultdict(Counts)
     details_path = out_dir / "fp_fn.tsv"
     details_tmp = out_dir / ".fp_fn.tsv.tmp"
-    t_sample, q_sample = _first_sample(truth_norm), _first_sample(query_norm)
-    qkw = {"log": log, "provenance_dir": provenance_dir}
+    dumps = {side: work / f".{side}.calls.tsv" for side in ("truth", "query")}
     try:
+        # Both sides' fields at once (two bcftools processes, one per core), then one contig at a time.
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [pool.submit(dump_calls, vcf, dumps[side], sample=_first_sample(vcf), log=log,
+                                provenance_dir=provenance_dir)
+                    for side, vcf in (("truth", truth_norm), ("query", query_norm))]
+            for job in jobs:
+                job.result()
+        alleles = Alleles()
+        readers = {side: ContigReader(iter_contigs(dumps[side], alleles), lambda: alleles.table()["small"])
+                   for side in dumps}
         with open(details_tmp, "w") as details:
             details.write(details_header())
             for chrom in contigs_in_order(set(truth_contigs) | set(query_contigs), ref_contigs):
+                truth = readers["truth"].get(chrom) if chrom in truth_contigs else empty_calls()
+                query = readers["query"].get(chrom) if chrom in query_contigs else empty_calls()
                 # hap.py uses only PASS (or `.`) truth records unless --usefiltered-truth: a FILTERed truth record
                 # is not part of the benchmark, neither as a truth variant nor as a local match for FP.al.
-                truth = query_calls(truth_norm, chrom, work, sample=t_sample, **qkw) if chrom in truth_contigs else None
-                query = query_calls(query_norm, chrom, work, sample=q_sample, **qkw) if chrom in query_contigs else None
-                truth = empty_calls() if truth is None else truth[truth["passed"].to_numpy()]
-                count_contig(chrom, truth, empty_calls() if query is None else query, regions, counts, details)
+                count_contig(chrom, truth.take(truth.passed), query, regions, counts, alleles, alleles.table(), details)
         details_tmp.replace(details_path)
     finally:
         details_tmp.unlink(missing_ok=True)
+        for dump in dumps.values():
+            dump.unlink(missing_ok=True)
     phases["match and count"] = time.monotonic() - t0
 
     rows = summary_rows(counts)

@@ -1,9 +1,10 @@
 """Matching and counting of normalised calls, column-wise: the core of the local small-variant engine.
 
-Per contig, `bcftools query` prints the fields of both sides (POS, REF, ALT, FILTER, GT); pandas/numpy join them on
-(pos, ref, alt), place them against the confident regions and the truth spans with `searchsorted`, and every count
-of hap.py's summary is a sum over a boolean mask. No Python object per record: a whole genome's millions of
-records cost seconds, and memory holds one contig at a time (the FN/FP listing is written contig by contig).
+`bcftools query` prints the fields of both sides (CHROM, POS, REF>ALT, FILTER, GT); pandas parses them into
+categories, so every distinct allele, genotype and filter string is looked at once and each record becomes a few
+integers. Per contig, numpy joins the sides on (pos, allele), places them against the confident regions and the
+truth spans with `searchsorted`, and every count of hap.py's summary is a sum over a boolean mask. No Python object
+per record, and memory holds one contig at a time (the FN/FP listing is written contig by contig).
 
 The rules (GA4GH, hap.py's defaults; see docs/giab-local-engine.md):
 - same allele and genotype -> TP; same allele, other genotype -> truth FN + query FP counted as FP.gt; no allele
@@ -14,8 +15,7 @@ The rules (GA4GH, hap.py's defaults; see docs/giab-local-engine.md):
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -23,14 +23,13 @@ from typing import TextIO
 import numpy as np
 import pandas as pd
 
-from genoflows.giab.regions import Regions, confident_spans
+from genoflows.giab.regions import Regions
 from genoflows.toolrun import run_tool
 from genoflows.tools import bcftools
 
 Log = Callable[[str], None]
 SNP, INDEL = "SNP", "INDEL"
 FILTERS = ("ALL", "PASS")
-QUERY_FORMAT = "%POS\\t%REF\\t%ALT\\t%FILTER\\t[%GT]\\n"
 DETAIL_COLUMNS = ("chrom", "pos", "ref", "alt", "type", "side", "decision", "mismatch", "query_filter")
 _TRANSITIONS = {"AG", "GA", "CT", "TC"}
 
@@ -68,61 +67,101 @@ def variant_type(ref: str, alt: str) -> str:
 
 # --- reading ------------------------------------------------------------------------------------------------
 
+QUERY_FORMAT = "%CHROM\\t%POS\\t%REF>%ALT\\t%FILTER\\t[%GT]\\n"  # REF never holds '>', so the first '>' splits
+_ALLELE_BITS = 34  # key = pos << 34 | allele code: positions below 2**29, allele codes below 2**34
+_CHUNK_ROWS = 2_000_000
+
+
+class Alleles:
+    """Every distinct `REF>ALT` seen, upper-cased, with a code; what the counting needs is computed once per
+    distinct allele (a genome has a few hundred thousand), never per record."""
+
+    _FIELDS = ("small", "snp", "ti", "ref_len", "ins", "del")
+
+    def __init__(self) -> None:
+        self.code: dict[str, int] = {}
+        self.text: list[str] = []
+        self._props: dict[str, list] = {f: [] for f in self._FIELDS}
+        self._table: dict[str, np.ndarray] = {}
+
+    def codes(self, categories: Iterable[str]) -> np.ndarray:
+        out = []
+        for raw in categories:
+            text = raw.upper()
+            code = self.code.get(text)
+            if code is None:
+                code = self.code[text] = len(self.text)
+                self.text.append(text)
+                self._describe(text)
+            out.append(code)
+        return np.array(out, dtype=np.int64)
+
+    def _describe(self, text: str) -> None:
+        ref, alt = text.split(">", 1)
+        snp = len(ref) == 1 and len(alt) == 1
+        indel = len(ref) != len(alt) and bool(ref) and bool(alt)
+        ins = indel and len(ref) == 1 and alt[0] == ref
+        props = self._props
+        props["small"].append(alt not in (".", "") and not any(ch in alt for ch in ",<>[]*"))
+        props["snp"].append(snp)
+        props["ti"].append(snp and ref + alt in _TRANSITIONS)
+        props["ref_len"].append(len(ref))
+        props["ins"].append(ins)
+        props["del"].append(indel and not ins and len(alt) == 1 and ref[0] == alt)
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Per code: small (a plain biallelic sequence change), snp, transition, REF length, insertion, deletion."""
+        if len(self._table.get("snp", ())) != len(self.text):
+            self._table = {f: np.array(v, dtype=np.int64 if f == "ref_len" else bool) for f, v in self._props.items()}
+        return self._table
+
+    def split(self, codes: np.ndarray) -> tuple[list[str], list[str]]:
+        pairs = [self.text[c].split(">", 1) for c in codes.tolist()]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@dataclass
+class Calls:
+    """Normalised calls of one contig carrying the ALT allele, one per (pos, allele), in file order."""
+
+    pos: np.ndarray
+    allele: np.ndarray
+    alt_count: np.ndarray
+    ploidy: np.ndarray
+    passed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def take(self, sel: np.ndarray) -> Calls:
+        return Calls(self.pos[sel], self.allele[sel], self.alt_count[sel], self.ploidy[sel], self.passed[sel])
+
+    @property
+    def key(self) -> np.ndarray:
+        return (self.pos << _ALLELE_BITS) | self.allele
+
+    @classmethod
+    def concat(cls, parts: list[Calls]) -> Calls:
+        if not parts:
+            return empty_calls()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pos", "allele", "alt_count", "ploidy",
+                                                                             "passed")))
+
+
+def empty_calls() -> Calls:
+    z = np.zeros(0, np.int64)
+    return Calls(z, z, z, z, np.zeros(0, bool))
+
 
 def _gt_slots(gt: str) -> tuple[int, int]:
     """(bit mask of the genotype slots carrying allele 1, ploidy) of a GT string: 0/1 -> (0b10, 2), 1|0 -> (0b01, 2),
     1/1 -> (0b11, 2), 1 -> (0b1, 1), ./1 -> (0b10, 2); no sample -> (0, 0)."""
-    if gt == "":
-        return 0, 0
+    if gt in ("", "."):
+        return 0, 1 if gt else 0
     alleles = gt.replace("|", "/").split("/")
     return sum(1 << i for i, a in enumerate(alleles) if a == "1"), len(alleles)
-
-
-def parse_calls(text: str | TextIO) -> pd.DataFrame:
-    """`bcftools query -f QUERY_FORMAT` output -> one row per (pos, ref, alt) carrying the ALT allele.
-
-    Columns: pos, ref, alt, alt_count, ploidy, passed, order (first file position). Symbolic alleles (`<DEL>`),
-    spanning deletions (`*`), breakends and multi-allelic leftovers are not small variants and are skipped. Records
-    that land on the same key merge by haplotype: a `1/2` MNP whose alleles share a base splits into `1/0` + `0/1`
-    of that base, which together are `1/1`; a record repeated on the same haplotype (`0/1` twice) stays `0/1`. The
-    merged call is PASS only when every part passed.
-    """
-    df = pd.read_csv(
-        io.StringIO(text) if isinstance(text, str) else text, sep="\t", header=None,
-        names=["pos", "ref", "alt", "filter", "gt"], dtype={"pos": np.int64, "ref": str, "alt": str, "filter": str,
-                                                             "gt": str},
-        keep_default_na=False, na_filter=False, quoting=3, engine="c",
-    )
-    if df.empty:
-        return empty_calls()
-    df["order"] = np.arange(len(df), dtype=np.int64)
-    alt = df["alt"]
-    small = (alt != ".") & ~alt.str.contains(r"[,<\[\]*]", regex=True)
-    df = df[small]
-    slots = {g: _gt_slots(g) for g in df["gt"].unique()}  # a handful of distinct strings
-    mask = df["gt"].map({g: m for g, (m, _) in slots.items()}).to_numpy(dtype=np.int64)
-    ploidy = df["gt"].map({g: p for g, (_, p) in slots.items()}).to_numpy(dtype=np.int64)
-    keep = mask != 0
-    df = pd.DataFrame({
-        "pos": df["pos"].to_numpy()[keep],
-        "ref": df["ref"].str.upper().to_numpy()[keep],
-        "alt": alt[small].str.upper().to_numpy()[keep],
-        "mask": mask[keep],
-        "ploidy": ploidy[keep],
-        "passed": df["filter"].isin(("PASS", ".")).to_numpy()[keep],
-        "order": df["order"].to_numpy()[keep],
-    })
-    dup = df.duplicated(["pos", "ref", "alt"], keep=False).to_numpy()
-    if dup.any():  # rare: merge the repeated keys by haplotype, keep the first position
-        merged = (
-            df[dup].groupby(["pos", "ref", "alt"], sort=False)
-            .agg(mask=("mask", lambda m: int(np.bitwise_or.reduce(m.to_numpy()))), ploidy=("ploidy", "max"),
-                 passed=("passed", "all"), order=("order", "min"))
-            .reset_index()
-        )
-        df = pd.concat([df[~dup], merged], ignore_index=True).sort_values("order", kind="stable", ignore_index=True)
-    df["alt_count"] = _popcount(df["mask"].to_numpy())
-    return df.drop(columns="mask")
 
 
 def _popcount(mask: np.ndarray) -> np.ndarray:
@@ -134,45 +173,93 @@ def _popcount(mask: np.ndarray) -> np.ndarray:
     return count
 
 
-def empty_calls() -> pd.DataFrame:
-    return pd.DataFrame({
-        "pos": np.array([], dtype=np.int64), "ref": np.array([], dtype=object), "alt": np.array([], dtype=object),
-        "ploidy": np.array([], dtype=np.int64), "passed": np.array([], dtype=bool),
-        "order": np.array([], dtype=np.int64), "alt_count": np.array([], dtype=np.int64),
-    })
+def _chunk_calls(df: pd.DataFrame, alleles: Alleles) -> Calls:
+    """Calls of a parsed chunk (one contig): categories are looked up once, records become integers."""
+    allele = alleles.codes(df["allele"].cat.categories)[df["allele"].cat.codes.to_numpy()]
+    gts = [_gt_slots(g) for g in df["gt"].cat.categories]
+    gt_codes = df["gt"].cat.codes.to_numpy()
+    mask = np.array([m for m, _ in gts], dtype=np.int64)[gt_codes]
+    ploidy = np.array([p for _, p in gts], dtype=np.int64)[gt_codes]
+    passed = np.isin(np.asarray(df["filter"].cat.categories, dtype=object), ["PASS", "."])[df["filter"].cat.codes.to_numpy()]
+    pos = df["pos"].to_numpy(dtype=np.int64)
+    keep = mask != 0
+    return Calls(pos[keep], allele[keep], mask[keep], ploidy[keep], passed[keep])
 
 
-def query_calls(vcf: Path, chrom: str, work_dir: Path, *, sample: str | None = None, log: Log | None = None,
-                provenance_dir: Path | None = None) -> pd.DataFrame:
-    """The normalised calls of `vcf` on `chrom` (indexed file), read through `bcftools query`."""
-    out = work_dir / f".query.{Path(vcf).name}.{chrom}.tsv"
-    try:
-        run_tool(bcftools.query_argv(vcf, QUERY_FORMAT, region=chrom, sample=sample), stdout_path=out, log=log,
-                 provenance_dir=provenance_dir)
-        with open(out) as fh:
-            return parse_calls(fh) if out.stat().st_size else empty_calls()
-    finally:
-        out.unlink(missing_ok=True)
+def _merge_same_key(calls: Calls, small: np.ndarray) -> Calls:
+    """Drop non-small alleles; merge records on the same (pos, allele) by haplotype (OR of the ALT slots, largest
+    ploidy, PASS only when every part passed), kept at the first one's place. `alt_count` holds slot masks on entry."""
+    calls = calls.take(small[calls.allele])
+    key = calls.key
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(uniq) != len(key):
+        mask = np.zeros(len(uniq), np.int64)
+        np.bitwise_or.at(mask, inverse, calls.alt_count)
+        ploidy = np.zeros(len(uniq), np.int64)
+        np.maximum.at(ploidy, inverse, calls.ploidy)
+        passed = np.ones(len(uniq), bool)
+        np.logical_and.at(passed, inverse, calls.passed)
+        order = np.argsort(first, kind="stable")
+        calls = Calls(calls.pos[first][order], calls.allele[first][order], mask[order], ploidy[order], passed[order])
+    return Calls(calls.pos, calls.allele, _popcount(calls.alt_count), calls.ploidy, calls.passed)
+
+
+def dump_calls(vcf: Path, out: Path, *, sample: str | None = None, log: Log | None = None,
+               provenance_dir: Path | None = None) -> Path:
+    """`bcftools query` of the fields the matching needs, for the whole file, into `out`."""
+    run_tool(bcftools.query_argv(vcf, QUERY_FORMAT, sample=sample), stdout_path=out, log=log,
+             provenance_dir=provenance_dir)
+    return out
+
+
+def iter_contigs(dump: Path, alleles: Alleles) -> Iterator[tuple[str, Calls]]:
+    """(contig, its calls) from a `dump_calls` file, one contig at a time (the file is read in chunks)."""
+    if dump.stat().st_size == 0:
+        return
+    reader = pd.read_csv(
+        dump, sep="\t", header=None, names=["chrom", "pos", "allele", "filter", "gt"], chunksize=_CHUNK_ROWS,
+        dtype={"chrom": "category", "pos": np.int64, "allele": "category", "filter": "category", "gt": "category"},
+        keep_default_na=False, na_filter=False, quoting=3, engine="c",
+    )
+    current, parts = None, []
+    with reader:
+        for chunk in reader:
+            chroms = chunk["chrom"].cat.codes.to_numpy()
+            names = chunk["chrom"].cat.categories
+            cuts = np.flatnonzero(np.diff(chroms)) + 1
+            for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(chunk)]]), strict=True):
+                name = str(names[chroms[lo]])
+                if name != current:
+                    if current is not None:
+                        yield current, Calls.concat(parts)
+                    current, parts = name, []
+                piece = chunk.iloc[lo:hi]
+                parts.append(_chunk_calls(piece, alleles))
+    if current is not None:
+        yield current, Calls.concat(parts)
+
+
+class ContigReader:
+    """Calls of one side by contig, in any order asked; contigs the stream passes on the way are kept until asked
+    (none when both sides are sorted in the reference's order, the normal case)."""
+
+    def __init__(self, stream: Iterator[tuple[str, Calls]], small: Callable[[], np.ndarray]):
+        self._stream, self._held, self._small = stream, {}, small
+
+    def get(self, chrom: str) -> Calls:
+        calls = self._held.pop(chrom, None)
+        while calls is None:
+            nxt = next(self._stream, None)
+            if nxt is None:
+                return empty_calls()
+            if nxt[0] == chrom:
+                calls = nxt[1]
+            else:
+                self._held[nxt[0]] = nxt[1]
+        return _merge_same_key(calls, self._small())
 
 
 # --- matching and counting ----------------------------------------------------------------------------------
-
-
-def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per-record arrays the counting needs: type, transition, het, confident span."""
-    ref, alt = df["ref"], df["alt"]
-    ref_len = ref.str.len().to_numpy(dtype=np.int64)
-    alt_len = alt.str.len().to_numpy(dtype=np.int64)
-    ref0 = ref.str[0].to_numpy(dtype=object)
-    alt0 = alt.str[0].to_numpy(dtype=object)
-    snp = (ref_len == 1) & (alt_len == 1)
-    ti = np.zeros(len(df), dtype=bool)
-    if snp.any():
-        ti[snp] = (ref[snp] + alt[snp]).isin(_TRANSITIONS).to_numpy()
-    pos = df["pos"].to_numpy(dtype=np.int64)
-    start, end = confident_spans(pos, ref_len, alt_len, ref0, alt0)
-    return {"snp": snp, "ti": ti, "het": df["alt_count"].to_numpy() < df["ploidy"].to_numpy(), "start": start,
-            "end": end, "ref_len": ref_len, "pos": pos}
 
 
 def _overlaps_any(starts: np.ndarray, ends: np.ndarray, q_start: np.ndarray, q_end: np.ndarray) -> np.ndarray:
@@ -185,6 +272,17 @@ def _overlaps_any(starts: np.ndarray, ends: np.ndarray, q_start: np.ndarray, q_e
     s, furthest = starts[order], np.maximum.accumulate(ends[order])
     j = np.searchsorted(s, q_end, side="left")
     return (j > 0) & (furthest[np.maximum(j - 1, 0)] > q_start)
+
+
+def _columns(calls: Calls, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-record arrays the counting needs, looked up by allele code: type, transition, het, confident span."""
+    a = calls.allele
+    pos = calls.pos
+    ref_len = table["ref_len"][a]
+    start = np.where(table["del"][a], pos, pos - 1)
+    end = np.where(table["ins"][a], pos + 1, pos - 1 + ref_len)
+    return {"snp": table["snp"][a], "ti": table["ti"][a], "het": calls.alt_count < calls.ploidy, "start": start,
+            "end": end, "ref_len": ref_len, "pos": pos}
 
 
 def _tally(counts: dict[tuple[str, str], Counts], flt: str, side: str, sel: np.ndarray, cols: dict) -> None:
@@ -201,29 +299,32 @@ def _tally(counts: dict[tuple[str, str], Counts], flt: str, side: str, sel: np.n
 
 def count_contig(
     chrom: str,
-    truth: pd.DataFrame,
-    query: pd.DataFrame,
+    truth: Calls,
+    query: Calls,
     regions: Regions,
     counts: dict[tuple[str, str], Counts],
+    alleles: Alleles,
+    table: dict[str, np.ndarray],
     details: TextIO | None = None,
 ) -> None:
     """Add one contig's decisions to `counts` for the ALL and the PASS view of the query; write its FNs and FPs
     (ALL view) to `details`. `truth` holds the PASS truth records only."""
-    truth = truth.reset_index(drop=True)
-    query = query.reset_index(drop=True)
-    t, q = _columns(truth), _columns(query)
-    # Join on (pos, ref, alt): where each query key sits in the truth (-1: no such allele).
-    t_keys = pd.MultiIndex.from_frame(truth[["pos", "ref", "alt"]])
-    hit = t_keys.get_indexer(pd.MultiIndex.from_frame(query[["pos", "ref", "alt"]])) if len(truth) and len(query) \
-        else np.full(len(query), -1, dtype=np.int64)
+    t, q = _columns(truth, table), _columns(query, table)
+    # Join on (pos, allele): where each query key sits in the truth (-1: no such allele).
+    hit = np.full(len(query), -1, dtype=np.int64)
+    if len(truth) and len(query):
+        order = np.argsort(truth.key, kind="stable")
+        sorted_keys = truth.key[order]
+        i = np.minimum(np.searchsorted(sorted_keys, query.key), len(sorted_keys) - 1)
+        found = sorted_keys[i] == query.key
+        hit[found] = order[i[found]]
     q_allele = hit >= 0
     safe = np.maximum(hit, 0)
-    q_gt = q_allele & (query["alt_count"].to_numpy() == truth["alt_count"].to_numpy()[safe]) & (
-        query["ploidy"].to_numpy() == truth["ploidy"].to_numpy()[safe]) if len(truth) else np.zeros(len(query), bool)
-    q_passed = query["passed"].to_numpy()
+    q_gt = q_allele & (query.alt_count == truth.alt_count[safe] if len(truth) else False) & (
+        query.ploidy == truth.ploidy[safe] if len(truth) else False)
+    q_passed = query.passed
     t_conf = regions.contains_all(chrom, t["start"], t["end"])
     q_conf = regions.contains_all(chrom, q["start"], q["end"])
-    # For the truth side: which truth rows a query call matches (allele; allele and genotype), per view.
     t_allele = {flt: np.zeros(len(truth), dtype=bool) for flt in FILTERS}
     t_tp = {flt: np.zeros(len(truth), dtype=bool) for flt in FILTERS}
     for flt in FILTERS:
@@ -254,28 +355,25 @@ def count_contig(
             row.fp_al += int((m & q_al).sum())
         _tally(counts, flt, "query", in_view, q)
     if details is not None:
-        _write_details(details, chrom, truth, t, t_conf & ~t_tp["ALL"], t_allele["ALL"], query, q, q_fp_any,
-                       q_allele, q_al)
+        fn = t_conf & ~t_tp["ALL"]
+        _write_rows(details, chrom, truth.take(fn), alleles, t["snp"][fn], "TRUTH", "FN",
+                    np.where(t_allele["ALL"][fn], "gt", ""), np.full(int(fn.sum()), "", dtype=object))
+        _write_rows(details, chrom, query.take(q_fp_any), alleles, q["snp"][q_fp_any], "QUERY", "FP",
+                    np.where(q_allele[q_fp_any], "gt", np.where(q_al[q_fp_any], "al", "")),
+                    np.where(q_passed[q_fp_any], "PASS", "FILTERED"))
 
 
-def _write_details(fh: TextIO, chrom: str, truth: pd.DataFrame, t: dict, t_fn: np.ndarray, t_seen: np.ndarray,
-                   query: pd.DataFrame, q: dict, q_fp: np.ndarray, q_allele: np.ndarray, q_al: np.ndarray) -> None:
-    """This contig's FNs (truth order) then FPs (query order), as fp_fn.tsv rows."""
-    if t_fn.any():
-        fn = pd.DataFrame({
-            "chrom": chrom, "pos": truth["pos"][t_fn], "ref": truth["ref"][t_fn], "alt": truth["alt"][t_fn],
-            "type": np.where(t["snp"][t_fn], SNP, INDEL), "side": "TRUTH", "decision": "FN",
-            "mismatch": np.where(t_seen[t_fn], "gt", ""), "query_filter": "",
-        })
-        fn.to_csv(fh, sep="\t", header=False, index=False, lineterminator="\n")
-    if q_fp.any():
-        fp = pd.DataFrame({
-            "chrom": chrom, "pos": query["pos"][q_fp], "ref": query["ref"][q_fp], "alt": query["alt"][q_fp],
-            "type": np.where(q["snp"][q_fp], SNP, INDEL), "side": "QUERY", "decision": "FP",
-            "mismatch": np.where(q_allele[q_fp], "gt", np.where(q_al[q_fp], "al", "")),
-            "query_filter": np.where(query["passed"].to_numpy()[q_fp], "PASS", "FILTERED"),
-        })
-        fp.to_csv(fh, sep="\t", header=False, index=False, lineterminator="\n")
+def _write_rows(fh: TextIO, chrom: str, calls: Calls, alleles: Alleles, snp: np.ndarray, side: str, decision: str,
+                mismatch: np.ndarray, query_filter: np.ndarray) -> None:
+    """fp_fn.tsv rows of the selected calls, in file order."""
+    if not len(calls):
+        return
+    ref, alt = alleles.split(calls.allele)
+    vtype = np.where(snp, SNP, INDEL)
+    fh.writelines(
+        f"{chrom}\t{p}\t{r}\t{a}\t{v}\t{side}\t{decision}\t{m}\t{f}\n"
+        for p, r, a, v, m, f in zip(calls.pos.tolist(), ref, alt, vtype, mismatch, query_filter, strict=True)
+    )
 
 
 def details_header() -> str:
