@@ -571,12 +571,13 @@ def build_world(root: Path, *, seed: int = 7, builds: tuple[str, ...] = ("GRCh38
             _write_md5sums(bed.parent)
         write_lab_gvcf(world, seqs, lab_build, lab / f"{sample_id}.g.vcf.gz", seed)
     sv = plan_svs(seqs, seed)
-    if "HG002" in samples and "GRCh37" in builds:
-        t = sv_truth("HG002", "GRCh37", base_url)
-        write_sv_vcf(sv.base, "GRCh37", "HG002", mirror / t.vcf.url.removeprefix(f"{base_url}/"))
+    for build in builds if "HG002" in samples else ():  # Tier1 v0.6 on GRCh37, CMRG v1.00 on GRCh38
+        t = sv_truth("HG002", build, base_url)
+        write_sv_vcf(sv.base, build, "HG002", mirror / t.vcf.url.removeprefix(f"{base_url}/"))
         assert t.bed is not None
-        bed = write_confident_bed("GRCh37", mirror / t.bed.url.removeprefix(f"{base_url}/"), SV_CONFIDENT)
+        bed = write_confident_bed(build, mirror / t.bed.url.removeprefix(f"{base_url}/"), SV_CONFIDENT)
         _write_md5sums(bed.parent)
+    if "HG002" in samples:
         write_sv_vcf(sv.comp, lab_build, samples["HG002"], lab / f"{samples['HG002']}.sv.vcf.gz")
     return DemoWorld(root, mirror, lab, genomes, sv, relpaths)
 
