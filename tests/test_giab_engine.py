@@ -9,10 +9,10 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflows.testing import giab_world
 from genoflows.giab.compare import ReferenceMismatch, compare_small
 from genoflows.giab.contigs import ContigMismatch
 from genoflows.giab.query import InputError, ensure_indexed, variant_sites
+from genoflows.testing import giab_world
 from genoflows.tools.happy import COUNT_COLUMNS, parse_summary
 
 HG = "HG004"
