@@ -1,7 +1,7 @@
 """Make a lab's VCF/gVCF comparable: indexed, one sample, variant sites only.
 
 A gVCF is mostly reference blocks (`<NON_REF>`/`<*>` ALT, GT 0/0); benchmarking tools want the variant
-records alone, with the symbolic allele trimmed (shared/specs/giab-benchmarking.md section 5, step 1).
+records alone, with the symbolic allele trimmed (docs/giab-local-engine.md, "What it does", step 1).
 """
 
 from __future__ import annotations
