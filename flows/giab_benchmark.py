@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field
 from blocks.tool_images import ToolImages
 from genoflows.giab import catalogue, runs, small
 from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
-from genoflows.giab.source import LabInput
 from genoflows.settings import get_settings
 from tasks.giab import (
     benchmark_small,
@@ -61,26 +60,6 @@ def check_request(
     if "sv" in variant_types:
         catalogue.sv_truth(hg, build, get_settings().giab_base_url)
     return hg
-
-
-def _identity(
-    sample_id: str, hg: str | None, build: str, variant_types: list[str], engine: str | None,
-    inputs: dict[str, LabInput], truth: TruthSet | None,
-) -> dict:
-    """Everything the result depends on, for the run key: same identity, same result."""
-    s = get_settings()
-    if truth is not None:
-        truth_id: dict = {"custom": {"vcf": truth.vcf, "bed": truth.bed}}
-    else:
-        assert hg is not None
-        sets = {"small": catalogue.small_truth, "sv": catalogue.sv_truth}
-        truth_id = {k: sets[k](hg, build, s.giab_base_url).vcf.url for k in variant_types}
-    return {
-        "sample_id": sample_id, "build": build, "variant_types": sorted(variant_types), "small_engine": engine,
-        "inputs": {k: {"uri": f.uri, "size": f.size, "version": f.version, "index": f.index_uri,
-                       "index_version": f.index_version} for k, f in inputs.items()},
-        "truth": truth_id, "reference": s.reference_fasta_urls.get(build),
-    }
 
 
 @flow(name="giab_benchmark", flow_run_name="{sample_id}", validate_parameters=True)
@@ -123,7 +102,10 @@ def giab_benchmark(
         if "small" in variant_types:
             chosen, why = small.choose_engine(engine)
             logger.info("small-variant engine: %s (requested %s): %s", chosen, engine, why)
-        identity = _identity(sample_id, hg, build, list(variant_types), chosen, inputs, truth)
+        identity = runs.identity(
+            sample_id, hg, build, list(variant_types), chosen, inputs, truth.vcf if truth else None,
+            truth.bed if truth else None,
+        )
         key = runs.run_key(identity)
         done = runs.finished(sample_dir, key)
         if done is not None:

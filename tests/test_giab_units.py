@@ -229,3 +229,21 @@ def test_truvari_command_line_and_summary(tmp_path):
     assert m["TP-base"] == 4 and m["gt_concordance"] == 0.75 and "gt_matrix" not in m
     with pytest.raises(truvari.TruvariSummaryError, match="no summary.json"):
         truvari.parse_summary(tmp_path / "missing" / "summary.json")
+
+
+def test_a_run_directory_appears_whole_and_a_concurrent_twin_never_replaces_it(tmp_path):
+    from genoflows.giab import runs
+
+    key = runs.run_key({"inputs": {"small": {"version": "etag 1"}}})
+    assert key == runs.run_key({"inputs": {"small": {"version": "etag 1"}}}) != runs.run_key({"inputs": {}})
+    first, second = runs.start(tmp_path, key), runs.start(tmp_path, key)
+    assert first != second and runs.finished(tmp_path, key) is None  # work in progress is not a finished run
+    (first / "metrics.csv").write_text("first\n")
+    (second / "metrics.csv").write_text("second\n")
+    final = runs.finish(first, tmp_path, key, {"who": "first"})
+    assert runs.finished(tmp_path, key) == final and not first.exists()
+    assert runs.finish(second, tmp_path, key, {"who": "second"}) == final  # the twin finds it done ...
+    assert (final / "metrics.csv").read_text() == "first\n" and not second.exists()  # ... and leaves it alone
+    failed = runs.start(tmp_path, key)
+    runs.discard(failed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]

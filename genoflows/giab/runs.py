@@ -17,7 +17,31 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from genoflows.giab import catalogue
+from genoflows.giab.source import LabInput
+from genoflows.settings import get_settings
+
 RUN_RECORD = "run.json"
+
+
+def identity(
+    sample_id: str, genome: str | None, build: str, variant_types: list[str], small_engine: str | None,
+    inputs: dict[str, LabInput], truth_vcf: str | None = None, truth_bed: str | None = None,
+) -> dict:
+    """Everything a run's result depends on: same identity, same result (so a finished run can stand for it)."""
+    s = get_settings()
+    if truth_vcf is not None:
+        truth: dict = {"custom": {"vcf": truth_vcf, "bed": truth_bed}}
+    else:
+        assert genome is not None
+        sets = {"small": catalogue.small_truth, "sv": catalogue.sv_truth}
+        truth = {k: sets[k](genome, build, s.giab_base_url).vcf.url for k in variant_types}
+    return {
+        "sample_id": sample_id, "build": build, "variant_types": sorted(variant_types), "small_engine": small_engine,
+        "inputs": {k: {"uri": f.uri, "size": f.size, "version": f.version, "index": f.index_uri,
+                       "index_version": f.index_version} for k, f in inputs.items()},
+        "truth": truth, "reference": s.reference_fasta_urls.get(build),
+    }
 
 
 def run_key(identity: dict) -> str:
