@@ -85,15 +85,22 @@ class Alleles:
         self._table: dict[str, np.ndarray] = {}
 
     def codes(self, categories: Iterable[str]) -> np.ndarray:
-        out = []
-        for raw in categories:
-            text = raw.upper()
-            code = self.code.get(text)
+        """The code of each allele string (new ones are added)."""
+        texts = list(categories)
+        joined = "\n".join(texts)
+        if joined.upper() != joined:  # rare: soft-masked (lower-case) alleles
+            texts = [t.upper() for t in texts]
+        get = self.code.get
+        out = [get(t) for t in texts]
+        for i, code in enumerate(out):
             if code is None:
-                code = self.code[text] = len(self.text)
-                self.text.append(text)
-                self._describe(text)
-            out.append(code)
+                text = texts[i]
+                code = self.code.get(text)
+                if code is None:
+                    code = self.code[text] = len(self.text)
+                    self.text.append(text)
+                    self._describe(text)
+                out[i] = code
         return np.array(out, dtype=np.int64)
 
     def _describe(self, text: str) -> None:
@@ -174,22 +181,21 @@ def _popcount(mask: np.ndarray) -> np.ndarray:
 
 
 def _chunk_calls(df: pd.DataFrame, alleles: Alleles) -> Calls:
-    """Calls of a parsed chunk (one contig): categories are looked up once, records become integers."""
-    allele = alleles.codes(df["allele"].cat.categories)[df["allele"].cat.codes.to_numpy()]
-    gts = [_gt_slots(g) for g in df["gt"].cat.categories]
+    """Calls of a parsed chunk: each category is looked up once, then every record becomes integers. Records whose
+    genotype carries no ALT are kept here (the contig split needs every row) and dropped by `_merge_same_key`."""
+    allele = alleles.codes(df["allele"].cat.categories.to_numpy(dtype=object))[df["allele"].cat.codes.to_numpy()]
+    gts = [_gt_slots(g) for g in df["gt"].cat.categories.to_numpy(dtype=object)]
     gt_codes = df["gt"].cat.codes.to_numpy()
     mask = np.array([m for m, _ in gts], dtype=np.int64)[gt_codes]
     ploidy = np.array([p for _, p in gts], dtype=np.int64)[gt_codes]
-    passed = np.isin(np.asarray(df["filter"].cat.categories, dtype=object), ["PASS", "."])[df["filter"].cat.codes.to_numpy()]
-    pos = df["pos"].to_numpy(dtype=np.int64)
-    keep = mask != 0
-    return Calls(pos[keep], allele[keep], mask[keep], ploidy[keep], passed[keep])
+    passed = np.isin(df["filter"].cat.categories.to_numpy(dtype=object), ["PASS", "."])[df["filter"].cat.codes.to_numpy()]
+    return Calls(df["pos"].to_numpy(dtype=np.int64), allele, mask, ploidy, passed)
 
 
 def _merge_same_key(calls: Calls, small: np.ndarray) -> Calls:
     """Drop non-small alleles; merge records on the same (pos, allele) by haplotype (OR of the ALT slots, largest
     ploidy, PASS only when every part passed), kept at the first one's place. `alt_count` holds slot masks on entry."""
-    calls = calls.take(small[calls.allele])
+    calls = calls.take(small[calls.allele] & (calls.alt_count != 0))
     key = calls.key
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     if len(uniq) != len(key):
@@ -224,8 +230,9 @@ def iter_contigs(dump: Path, alleles: Alleles) -> Iterator[tuple[str, Calls]]:
     current, parts = None, []
     with reader:
         for chunk in reader:
+            calls = _chunk_calls(chunk, alleles)
             chroms = chunk["chrom"].cat.codes.to_numpy()
-            names = chunk["chrom"].cat.categories
+            names = chunk["chrom"].cat.categories.to_numpy(dtype=object)
             cuts = np.flatnonzero(np.diff(chroms)) + 1
             for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(chunk)]]), strict=True):
                 name = str(names[chroms[lo]])
@@ -233,8 +240,7 @@ def iter_contigs(dump: Path, alleles: Alleles) -> Iterator[tuple[str, Calls]]:
                     if current is not None:
                         yield current, Calls.concat(parts)
                     current, parts = name, []
-                piece = chunk.iloc[lo:hi]
-                parts.append(_chunk_calls(piece, alleles))
+                parts.append(calls.take(slice(lo, hi)))
     if current is not None:
         yield current, Calls.concat(parts)
 

@@ -47,12 +47,13 @@ def atomize_argv(src: Path, dst: Path, reference: Path) -> list[str]:
     return [TOOL, "norm", "-f", str(reference), "-a", "-c", "e", "-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
-def sort_argv(src: Path, dst: Path, tmp_dir: Path) -> list[str]:
+def sort_argv(src: Path, dst: Path, tmp_dir: Path, max_mem: str = "300M") -> list[str]:
     """Coordinate-sort (atomizing and left-aligning can move records past their neighbours).
 
-    `-T` is a prefix in 1.16 (`<dir>/sort.XXXXXX` is created), so temporary files stay under `tmp_dir`.
+    `-T` is a prefix in 1.16 (`<dir>/sort.XXXXXX` is created), so temporary files stay under `tmp_dir`. `-m` caps
+    the in-memory buffer (default 768M) so a whole genome spills to `tmp_dir` instead of holding it all.
     """
-    return [TOOL, "sort", "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
+    return [TOOL, "sort", "-m", max_mem, "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
 def index_argv(path: Path, csi: bool = False, out: Path | None = None) -> list[str]:
