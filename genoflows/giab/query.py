@@ -176,7 +176,8 @@ def variant_sites(
         log(f"{src.name} is a {kind}; keeping variant sites{f' of sample {sample}' if sample else ''}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp.vcf.gz")
-    run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample), log=log, provenance_dir=provenance_dir)
+    threads = min(4, os.cpu_count() or 1)
+    run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample, threads=threads), log=log, provenance_dir=provenance_dir)
     try:
         require_records(tmp, "input", shown=src.name, what="variant records (genotypes carrying an ALT allele)")
     except InputError:

@@ -18,7 +18,7 @@ def _out_type(path: Path) -> str:
     return "u" if name.endswith(".ubcf") else "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
 
 
-def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> list[str]:
+def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None, threads: int | None = None) -> list[str]:
     """gVCF (or VCF) -> variant sites only: drop reference blocks and no-calls, trim `<NON_REF>`/`<*>`.
 
     `-i 'GT="alt"'` keeps records whose genotype carries an ALT allele (reference blocks are 0/0 or ./.);
@@ -27,6 +27,8 @@ def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> li
     argv = [TOOL, "view", "-i", 'GT="alt"', "--trim-alt-alleles"]
     if sample:
         argv += ["-s", sample]
+    if threads:
+        argv += ["--threads", str(threads)]  # BGZF (de)compression threads: most of this step's time
     return argv + ["-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
