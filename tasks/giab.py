@@ -135,7 +135,10 @@ def stage_query(found: source.LabInput, dest_dir: Path, aws_credentials: AwsCred
     """
     dest = Path(dest_dir) / found.name
     _fetch(found.uri, dest, aws_credentials, size=found.size)
-    if found.index_uri and found.index_name:
+    if found.index_is_stale:
+        run_logger().warning("%s is older than %s (the data was uploaded again, the index not): not using it, "
+                             "indexing the new data instead", found.index_name, found.name)
+    elif found.index_uri and found.index_name:
         _fetch(found.index_uri, Path(dest_dir) / found.index_name, aws_credentials)
     ensure_indexed(dest, log=log_lines(), provenance_dir=Path(dest_dir).parent)
     return dest

@@ -251,6 +251,27 @@ def test_a_lab_download_failing_for_good_is_retried_by_the_fetch_task_alone(pref
     assert len(attempts) == 5
 
 
+def test_an_index_older_than_its_data_is_not_used(prefect_harness, env, world, tmp_path):
+    """The lab uploaded a new gVCF and forgot its index: the old .tbi next to it would point into the old bytes."""
+    import os
+
+    from genoflows.giab.source import find_input
+    from tasks.giab import stage_query
+    from tests.test_giab_references import _index_is_whole
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    name = f"{world.sample_id(HG4)}.g.vcf.gz"
+    data = lab / name
+    shutil.copy(world.lab / name, data)
+    (lab / f"{name}.tbi").write_bytes(b"an index of an earlier upload")
+    os.utime(lab / f"{name}.tbi", (data.stat().st_mtime - 3600,) * 2)
+    found = find_input(str(lab), world.sample_id(HG4))
+    assert found.index_is_stale
+    staged = stage_query(found, tmp_path / "run" / "input")
+    assert _index_is_whole(staged) and Path(f"{staged}.tbi").read_bytes() != b"an index of an earlier upload"
+
+
 def _level0_bgzf(text: str, dst: Path) -> Path:
     """BGZF without compression: the file size depends only on the text length, so same-size edits are easy."""
     with pysam.BGZFile(str(dst), "wb0") as fh:

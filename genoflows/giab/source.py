@@ -34,6 +34,7 @@ class SourceEntry:
     uri: str
     size: int
     version: str = ""
+    modified: float = 0.0  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class LabInput:
     is_gvcf: bool
     version: str = ""
     index_version: str = ""
+    modified: float = 0.0
+    index_modified: float = 0.0
+
+    @property
+    def index_is_stale(self) -> bool:
+        """An index last written before its data belongs to an earlier upload of it (data is re-uploaded, the
+        index forgotten): using it would read the new bytes at the old offsets."""
+        return self.index_uri is not None and self.index_modified < self.modified
 
 
 def list_source(source: str, *, s3_client=None) -> list[SourceEntry]:
@@ -61,7 +70,8 @@ def list_source(source: str, *, s3_client=None) -> list[SourceEntry]:
     for p in root.iterdir():
         if p.is_file():
             st = p.stat()
-            entries.append(SourceEntry(p.name, str(p), st.st_size, f"size {st.st_size} mtime_ns {st.st_mtime_ns}"))
+            entries.append(SourceEntry(p.name, str(p), st.st_size, f"size {st.st_size} mtime_ns {st.st_mtime_ns}",
+                                       st.st_mtime))
     return sorted(entries, key=lambda e: e.name)
 
 
@@ -81,8 +91,10 @@ def _list_s3(source: str, client) -> list[SourceEntry]:
             for obj in page.get("Contents", []):
                 name = obj["Key"][len(prefix) :]
                 if name:
-                    version = f"etag {str(obj.get('ETag', '')).strip(chr(34))} modified {obj.get('LastModified')}"
-                    entries.append(SourceEntry(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), version))
+                    modified = obj.get("LastModified")
+                    version = f"etag {str(obj.get('ETag', '')).strip(chr(34))} modified {modified}"
+                    entries.append(SourceEntry(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), version,
+                                               modified.timestamp() if modified else 0.0))
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3_error(source, exc) from exc
     return sorted(entries, key=lambda e: e.name)
@@ -151,4 +163,6 @@ def find_input(source: str, sample_id: str, *, kind: Kind = "small", file: str |
         is_gvcf=chosen.name.endswith((".g.vcf.gz", ".gvcf.gz")),
         version=chosen.version,
         index_version=index.version if index else "",
+        modified=chosen.modified,
+        index_modified=index.modified if index else 0.0,
     )
