@@ -392,6 +392,22 @@ def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness
     assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
 
 
+def test_sv_on_grch38_is_benchmarked_against_cmrg_verified_like_any_truth(prefect_harness, env, world, mirror,
+                                                                          tmp_path):
+    sid = world.sample_id(HG2)
+    state = _run(sample_id=sid, source=str(world.lab), build="GRCh38", variant_types=["sv"], out_dir=tmp_path / "out")
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
+        for key, value in expected.items():
+            assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
+    cmrg = catalogue.sv_truth(HG2, "GRCh38", "")
+    assert "CMRG_v1.00/GRCh38/StructuralVariant" in cmrg.vcf.relpath
+    manifest = json.loads((env.reference_dir / MANIFEST_NAME).read_text())
+    assert manifest[cmrg.vcf.relpath]["md5_source"].endswith("/StructuralVariant/md5sum")  # its published md5
+    assert manifest[cmrg.bed.relpath]["md5_source"].endswith("/StructuralVariant/md5sum")
+
+
 def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirror, tmp_path):
     from flows.giab_benchmark import TruthSet
 
