@@ -54,6 +54,8 @@ def env(settings_env, monkeypatch, mirror, moto_endpoint, world, tmp_path):
     monkeypatch.setenv("GENOFLOWS_GIAB_BASE_URL", mirror.base_url)
     monkeypatch.setenv("GENOFLOWS_REFERENCE_FASTA_URLS", json.dumps(world.reference_urls(mirror.base_url)))
     monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("GENOFLOWS_RETRY_BASE_DELAY_SECONDS", "0.1")  # the shared retry policy, kept but quick
+    monkeypatch.setenv("GENOFLOWS_RETRY_MAX_DELAY_SECONDS", "0.5")
     get_settings.cache_clear()
     mirror.requests.clear()
     yield get_settings()
