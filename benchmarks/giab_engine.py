@@ -276,7 +276,7 @@ def main() -> None:
 
         phases, peak, res = run_engine(paths, paths["gvcf"], work / "run", cache)
         total = sum(phases.values())
-        query_norm = work / "run" / "bcftools" / "work" / "query.norm.vcf.gz"
+        query_norm = work / "run" / "bcftools" / "work" / "query.norm.bcf"
         t0 = time.monotonic()
         subprocess.run(["bcftools", "isec", "-p", str(work / "isec"), str(truth_norm), str(query_norm)], check=True)
         t_isec = time.monotonic() - t0

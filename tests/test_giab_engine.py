@@ -73,7 +73,7 @@ def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, t
     mismatch = [ln.split("\t")[7] for ln in details if ln.split("\t")[5] == "QUERY"]
     assert mismatch.count("gt") == 4 and mismatch.count("al") == 2
     # The normalised truth is cached: a second comparison reuses it.
-    cached = list((tmp_path / "cache" / "giab-normalised").rglob("*.norm.vcf.gz"))
+    cached = list((tmp_path / "cache" / "giab-normalised").rglob("*.norm.bcf"))
     assert len(cached) == 1
     log: list[str] = []
     res2 = compare_small(truth, query, ref, tmp_path / "out2", confident_bed=bed, cache_dir=tmp_path / "cache", log=log.append)

@@ -37,14 +37,15 @@ def normalise(
     log: Log | None = None,
     provenance_dir: Path | None = None,
 ) -> Path:
-    """`vcf` normalised into `dst` (bgzipped, indexed; temp names, renamed at the end).
+    """`vcf` normalised into `dst`, a BCF with its .csi (temp names, renamed at the end). BCF, not VCF text: both
+    writing it here and reading it back for the matching skip formatting and parsing text.
 
     A REF allele that disagrees with the reference stops with ReferenceMismatch naming the file.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     split = work_dir / f".{label}.split.ubcf"
     atoms = work_dir / f".{label}.atoms.ubcf"
-    tmp = dst.with_name(f".{dst.name}.tmp.vcf.gz")
+    tmp = dst.with_name(f".{dst.name}.tmp.bcf")
     sort_tmp = work_dir / f".{label}.sort"
     try:
         try:
@@ -62,11 +63,11 @@ def normalise(
         split.unlink(missing_ok=True)
         sort_tmp.mkdir(exist_ok=True)
         run_tool(bcftools.sort_argv(atoms, tmp, sort_tmp), log=log, provenance_dir=provenance_dir)
-        run_tool(bcftools.index_argv(tmp), log=log, provenance_dir=provenance_dir)
-        Path(f"{tmp}.tbi").replace(f"{dst}.tbi")
+        run_tool(bcftools.index_argv(tmp, csi=True), log=log, provenance_dir=provenance_dir)
+        Path(f"{tmp}.csi").replace(f"{dst}.csi")
         tmp.replace(dst)
     finally:
-        for p in (split, atoms, tmp, Path(f"{tmp}.tbi")):
+        for p in (split, atoms, tmp, Path(f"{tmp}.csi")):
             p.unlink(missing_ok=True)
         shutil.rmtree(sort_tmp, ignore_errors=True)
     return dst
@@ -79,7 +80,7 @@ def cached_truth_path(truth: Path, reference: Path, cache_dir: Path) -> Path:
     )
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     name = Path(truth).name.removesuffix(".vcf.gz")
-    return cache_dir / "giab-normalised" / key / f"{name}.norm.vcf.gz"
+    return cache_dir / "giab-normalised" / key / f"{name}.norm.bcf"
 
 
 def check_input(vcf: Path, reference: Path, *, label: str, build: str | None = None) -> None:
@@ -111,7 +112,7 @@ def prepare_side(
         dst = cached_truth_path(vcf, reference, cache_dir)
         dst.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(dst.parent / f".{dst.name}.lock")):
-            if dst.exists() and Path(f"{dst}.tbi").exists():
+            if dst.exists() and Path(f"{dst}.csi").exists():
                 if log:
                     log(f"{label}: using the normalised copy cached at {dst}")
                 return dst
@@ -119,4 +120,4 @@ def prepare_side(
                                     provenance_dir=provenance_dir)
             return normalise(renamed, reference, dst, **kw)
     renamed = harmonise_vcf(vcf, ref_contigs, label=label, work_dir=work_dir, log=log, provenance_dir=provenance_dir)
-    return normalise(renamed, reference, work_dir / f"{label}.norm.vcf.gz", **kw)
+    return normalise(renamed, reference, work_dir / f"{label}.norm.bcf", **kw)
