@@ -32,6 +32,7 @@ lint: venv
 
 bench: setup
 	$(PY) benchmarks/rnaseq_stream.py
+	$(PY) benchmarks/giab_engine.py
 
 server: venv
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200

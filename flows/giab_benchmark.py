@@ -3,23 +3,36 @@
     from flows.giab_benchmark import giab_benchmark
     giab_benchmark(sample_id="NA24143_Lib3_Rep1", source="s3://lab-bucket/run42")
 
-Outputs land in `<out_dir>/<sample_id>/`: the staged input, each engine's own files, `metrics.csv` (long format)
-and `provenance.jsonl`. Unknown samples without `truth`, and SV requests with no truth set, fail before any download.
+Each run lands in its own `<out_dir>/<sample_id>/run-<key>/` (key: input versions, truth, engine, build): the staged
+input, each engine's own files, `metrics.csv` (long format), `provenance.jsonl` and `run.json`. Finished runs are
+never overwritten: the same inputs again are reported up to date, a changed input gets a new run directory.
+Unknown samples without `truth`, and SV requests with no truth set, fail before any download.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field
 
-from blocks.tool_images import using_tool_images
-from genoflows.giab import catalogue
+from blocks.tool_images import ToolImages
+from genoflows.giab import catalogue, runs, small
 from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
 from genoflows.settings import get_settings
-from tasks.giab import benchmark_small, benchmark_sv, ensure_references, export, prepare_query, stage_query
+from tasks.giab import (
+    benchmark_small,
+    benchmark_sv,
+    ensure_references,
+    locate_inputs,
+    prepare_query,
+    publish,
+    stage_query,
+    write_metrics,
+)
 
 
 class TruthSet(BaseModel):
@@ -59,8 +72,8 @@ def giab_benchmark(
     engine: Literal["auto", "happy", "bcftools"] = "auto",
     truth: TruthSet | None = None,
     out_dir: Path | None = None,
-    aws_credentials_block: str | None = None,
-    tool_images_block: str | None = None,
+    aws_credentials: AwsCredentials | None = None,
+    tool_images: ToolImages | None = None,
 ) -> Path:
     """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
 
@@ -70,27 +83,54 @@ def giab_benchmark(
         source: s3://bucket/prefix or a local directory holding the sample's VCF/gVCF (+ index).
         file: File name in `source` (no directories) to use when several files match the sample.
         build: Genome build of the calls and of the truth set.
-        variant_types: small (hap.py or the local engine) and/or sv (truvari; GIAB has HG002 GRCh37 only).
-        engine: auto = hap.py when on PATH or configured as an image, else the local bcftools engine.
+        variant_types: small (hap.py or the local engine) and/or sv (truvari; GIAB HG002 Tier1 v0.6 on GRCh37,
+            CMRG v1.00 on GRCh38).
+        engine: auto = hap.py when it can run here (on PATH, or an image with a working container engine), else
+            the local bcftools engine; the run log says which and why.
         truth: Your own truth VCF + BED (URIs), for samples that are not GIAB.
-        out_dir: Results root; the run writes to <out_dir>/<sample_id>/ (default <data_dir>/giab).
-        aws_credentials_block: Name of a saved prefect-aws AwsCredentials block for s3:// URIs.
-        tool_images_block: Name of a saved ToolImages block (e.g. hap.py in its official image).
+        out_dir: Results root; each run writes <out_dir>/<sample_id>/run-<key>/ (default <data_dir>/giab). A rerun
+            with the same inputs, truth and engine finds its finished run and does nothing.
+        aws_credentials: A prefect-aws AwsCredentials block for s3:// URIs (default: the environment's).
+        tool_images: A ToolImages block (e.g. hap.py in its official image).
     """
     hg = check_request(sample_id, build, list(variant_types), truth, file)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
-    with using_tool_images(tool_images_block):
-        refs = ensure_references(
-            build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
-            aws_credentials_block,
-        )
-        small_result = sv_result = None
+    logger = get_run_logger()
+    with tool_images.applied() if tool_images is not None else nullcontext():
+        inputs = locate_inputs(source, sample_id, list(variant_types), file, aws_credentials)
+        chosen = None
         if "small" in variant_types:
-            staged = stage_query(source, sample_id, sample_dir / "input", "small", file, aws_credentials_block)
-            query = prepare_query(staged, sample_id, sample_dir / "query")
-            small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
-        if "sv" in variant_types:
-            sv_file = file if variant_types == ["sv"] else None
-            staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block)
-            sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
-    return export(sample_id, hg or "custom", build, sample_dir, small_result, sv_result)
+            chosen, why = small.choose_engine(engine)
+            logger.info("small-variant engine: %s (requested %s): %s", chosen, engine, why)
+        identity = runs.identity(
+            sample_id, hg, build, list(variant_types), chosen, inputs, truth.vcf if truth else None,
+            truth.bed if truth else None,
+        )
+        key = runs.run_key(identity)
+        done = runs.finished(sample_dir, key)
+        if done is not None:
+            logger.info("%s is up to date: run %s has the same inputs, truth and engine; nothing to do", sample_id,
+                        done)
+            return done / "metrics.csv"
+        run = runs.start(sample_dir, key)
+        try:
+            refs = ensure_references(
+                build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
+                aws_credentials,
+            )
+            small_result = sv_result = None
+            if "small" in variant_types:
+                staged = stage_query(inputs["small"], run / "input", aws_credentials)
+                query = prepare_query(staged, sample_id, run / "query")
+                small_result = benchmark_small(chosen, refs.small, query, refs.fasta, run, build)
+            if "sv" in variant_types:
+                staged_sv = stage_query(inputs["sv"], run / "input", aws_credentials)
+                sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, run)
+            rows = write_metrics(sample_id, hg or "custom", build, run, small_result, sv_result)
+        except BaseException:
+            runs.discard(run)
+            raise
+        final = runs.finish(run, sample_dir, key, identity)
+    publish(sample_id, hg or "custom", build, final, rows)
+    logger.info("%s benchmarked: %s", sample_id, final)
+    return final / "metrics.csv"

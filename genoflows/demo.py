@@ -37,7 +37,7 @@ def run_giab(stack: ExitStack, s3_endpoint: str) -> Path:
     import boto3
 
     from flows.giab_benchmark import giab_benchmark
-    from genoflows.giab.demo_data import build_world, upload_lab_files
+    from genoflows.testing.giab_world import build_world, upload_lab_files
     from genoflows.testing.http_server import FileServer
 
     world_dir = OUT / "giab-world"

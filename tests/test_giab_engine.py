@@ -9,18 +9,18 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflows.giab import demo_data
 from genoflows.giab.compare import ReferenceMismatch, compare_small
 from genoflows.giab.contigs import ContigMismatch
 from genoflows.giab.query import InputError, ensure_indexed, variant_sites
+from genoflows.testing import giab_world
 from genoflows.tools.happy import COUNT_COLUMNS, parse_summary
 
 HG = "HG004"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> demo_data.DemoWorld:
-    return demo_data.build_world(tmp_path_factory.mktemp("giab-world"), samples={HG: "NA24143_Lib3_Rep1"})
+def world(tmp_path_factory) -> giab_world.DemoWorld:
+    return giab_world.build_world(tmp_path_factory.mktemp("giab-world"), samples={HG: "NA24143_Lib3_Rep1"})
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def assert_matches_expected(summary_csv: Path, expected: demo_data.Expected) -> None:
+def assert_matches_expected(summary_csv: Path, expected: giab_world.Expected) -> None:
     rows = {(r.type, r.filter): r.values for r in parse_summary(summary_csv)}
     assert set(rows) == set(expected.counts)
     for key, exp in expected.counts.items():
@@ -64,8 +64,8 @@ def test_gvcf_becomes_variant_sites_without_reference_blocks(query, world):
 
 
 def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, cache_dir=tmp_path / "cache")
     assert_matches_expected(res.summary_csv, world.genomes[HG].expected)
     # Every planted error shows up in the per-record listing, classified.
@@ -73,7 +73,7 @@ def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, t
     mismatch = [ln.split("\t")[7] for ln in details if ln.split("\t")[5] == "QUERY"]
     assert mismatch.count("gt") == 4 and mismatch.count("al") == 2
     # The normalised truth is cached: a second comparison reuses it.
-    cached = list((tmp_path / "cache" / "giab-normalised").rglob("*.norm.vcf.gz"))
+    cached = list((tmp_path / "cache" / "giab-normalised").rglob("*.norm.bcf"))
     assert len(cached) == 1
     log: list[str] = []
     res2 = compare_small(truth, query, ref, tmp_path / "out2", confident_bed=bed, cache_dir=tmp_path / "cache", log=log.append)
@@ -82,8 +82,8 @@ def test_local_engine_counts_equal_the_constructed_truth_exactly(world, query, t
 
 
 def test_grch37_truth_against_a_chr_named_query_is_renamed_not_zeroed(world, query, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh37", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh37")
+    ref = giab_world.local_reference(world, "GRCh37", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh37")
     log: list[str] = []
     res = compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed, log=log.append)
     assert any("query" in line and "renaming chr1->1" in line for line in log)
@@ -91,8 +91,8 @@ def test_grch37_truth_against_a_chr_named_query_is_renamed_not_zeroed(world, que
 
 
 def test_query_contig_absent_from_the_reference_is_a_clear_error(world, tmp_path):
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     bad = tmp_path / "alt_contig.vcf"
     bad.write_text(
         "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chrUn_KI270302v1,length=2274>\n"
@@ -106,9 +106,9 @@ def test_query_contig_absent_from_the_reference_is_a_clear_error(world, tmp_path
 
 
 def test_query_on_another_reference_is_a_clear_error(world, query, tmp_path):
-    seqs = {name: seq[::-1] for name, seq in demo_data.make_reference().items()}  # same names, other bases
-    other = demo_data.write_fasta(seqs, tmp_path / "other.fa", "GRCh38")
-    truth, bed = demo_data.truth_paths(world, HG, "GRCh38")
+    seqs = {name: seq[::-1] for name, seq in giab_world.make_reference().items()}  # same names, other bases
+    other = giab_world.write_fasta(seqs, tmp_path / "other.fa", "GRCh38")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
     with pytest.raises(ReferenceMismatch, match="REF alleles disagree with the reference"):
         compare_small(truth, query, other, tmp_path / "out", confident_bed=bed)
 
@@ -144,7 +144,7 @@ def test_unindexed_sorted_input_is_indexed_and_plain_gzip_is_refused(world, tmp_
 
 # --- hand-made cases: each expectation follows from the GA4GH/hap.py rules, not from running the engine ------
 
-SEQ = demo_data.make_reference()["1"]  # the world's contig 1 (chr1 in GRCh38 files)
+SEQ = giab_world.make_reference()["1"]  # the world's contig 1 (chr1 in GRCh38 files)
 _MINI_HEADER = (
     "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=120000>\n##contig=<ID=chr2,length=80000>\n"
     '##FILTER=<ID=PASS,Description="All filters passed">\n##FILTER=<ID=LowQual,Description="Low quality">\n'
@@ -168,7 +168,7 @@ def _other(base: str) -> str:
 
 def _bench(world, tmp_path: Path, truth: list, query: list, bed: list[tuple[int, int]] | None = None) -> dict:
     """Run the flow's query preparation and the local engine on hand-made records; rows by (type, filter)."""
-    ref = demo_data.local_reference(world, "GRCh38", tmp_path / "ref")
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
     truth_vcf = _mini_vcf(tmp_path / "truth.vcf", truth)
     query_vcf = variant_sites(_mini_vcf(tmp_path / "query.vcf", query), tmp_path / "q.vcf.gz", sample_id="S")
     bed_path = None
@@ -271,3 +271,99 @@ def test_half_calls_are_dropped_with_the_no_calls(world, tmp_path):
         "TRUTH.TOTAL": 2, "TRUTH.TP": 1, "TRUTH.FN": 1, "QUERY.TOTAL": 1, "QUERY.FP": 0, "QUERY.UNK": 0,
         "FP.gt": 0, "FP.al": 0,
     }
+
+
+# --- inputs that lie: each gets an error naming the file and what is wrong ------------------------------------
+
+GRCH38_FAI = {"chr1": 248_956_422, "chr20": 64_444_167, "chr21": 46_709_983, "chr22": 50_818_468, "chrX": 156_040_895}
+
+
+def test_build_is_recognised_by_its_distinguishing_contig_lengths():
+    from genoflows.giab.contigs import looks_like
+
+    assert looks_like({"chr20": 63_025_520, "chr21": 48_129_895}) == "hg19"
+    assert looks_like({"20": 63_025_520, "MT": 16_569}) == "GRCh37"
+    assert looks_like({"chrM": 16_571, "chr1": 249_250_621}) == "hg19"
+    assert looks_like({"chr20": 64_444_167, "chrM": 16_569}) == "GRCh38"
+    assert looks_like({"chr20": 66_210_255}) == "T2T-CHM13"
+    assert looks_like({"chr1": 120_000}) is None  # a toy genome is no known build
+
+
+def _header_only_vcf(path: Path, contigs: dict[str, int], extra: str = "") -> Path:
+    text = "##fileformat=VCFv4.2\n" + "".join(f"##contig=<ID={c},length={n}>\n" for c, n in contigs.items()) + extra
+    text += '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    text += "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS\n"
+    text += f"{next(iter(contigs))}\t100\t.\tA\tG\t50\tPASS\t.\tGT\t0/1\n"
+    path.write_text(text)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    return Path(f"{path}.gz")
+
+
+def test_an_hg19_vcf_against_grch38_names_the_contig_both_lengths_and_the_build(tmp_path):
+    from genoflows.giab.contigs import BuildMismatch, check_same_build
+
+    ref = tmp_path / "GRCh38.fa"  # only its .fai is read: GRCh38's published contig lengths
+    Path(f"{ref}.fai").write_text("".join(f"{c}\t{n}\t0\t60\t61\n" for c, n in GRCH38_FAI.items()))
+    hg19 = _header_only_vcf(tmp_path / "lab_hg19.vcf", {"chr20": 63_025_520, "chr21": 48_129_895}, "##assembly=hg19\n")
+    with pytest.raises(BuildMismatch, match=r"query lab_hg19\.vcf\.gz: contig chr20 is 63,025,520 bp .* chr20 is "
+                                            r"64,444,167 bp in the reference GRCh38\.fa \(GRCh38\); the query looks like hg19"):
+        check_same_build(hg19, ref, label="query")
+    # Lengths that agree but a header that declares another assembly: named as well.
+    declared = _header_only_vcf(tmp_path / "lab_said.vcf", {"chr20": 64_444_167}, "##reference=file:///refs/ucsc.hg19.fasta\n")
+    with pytest.raises(BuildMismatch, match=r"lab_said\.vcf\.gz declares .*ucsc\.hg19\.fasta.*\(GRCh37\) but the reference GRCh38\.fa is GRCh38"):
+        check_same_build(declared, ref, label="query")
+    check_same_build(_header_only_vcf(tmp_path / "ok.vcf", {"chr20": 64_444_167}, "##assembly=GRCh38\n"), ref,
+                     label="query")
+
+
+def test_the_engine_refuses_a_query_whose_header_says_another_genome(world, tmp_path):
+    from genoflows.giab.contigs import BuildMismatch
+
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, bed = giab_world.truth_paths(world, HG, "GRCh38")
+    other = _header_only_vcf(tmp_path / "other_build.vcf", {"chr1": 119_000, "chr2": 80_000})
+    with pytest.raises(BuildMismatch, match=r"other_build\.vcf\.gz: contig chr1 is 119,000 bp .* 120,000 bp"):
+        compare_small(truth, other, ref, tmp_path / "out", confident_bed=bed)
+    said = _header_only_vcf(tmp_path / "said_hg19.vcf", {"chr1": 120_000, "chr2": 80_000}, "##assembly=hg19\n")
+    with pytest.raises(BuildMismatch, match=r"said_hg19\.vcf\.gz declares '##assembly=hg19' \(GRCh37\) .* is GRCh38"):
+        compare_small(truth, said, ref, tmp_path / "out", confident_bed=bed, build="GRCh38")
+
+
+@pytest.mark.parametrize(("line", "why"), [("chr1\t5000\t4000\n", r"start 5,000 after end 4,000"),
+                                           ("chr1\tten\t4000\n", r"not `chrom<TAB>start<TAB>end` with integer"),
+                                           ("chr1\t-5\t4000\n", r"negative start")])
+def test_a_bad_bed_line_is_named_with_its_line_number(world, query, tmp_path, line, why):
+    ref = giab_world.local_reference(world, "GRCh38", tmp_path / "ref")
+    truth, _ = giab_world.truth_paths(world, HG, "GRCh38")
+    bed = tmp_path / "regions.bed"
+    bed.write_text("# confident regions\nchr1\t1000\t50000\n" + line + "chr2\t1000\t75000\n")
+    with pytest.raises(InputError, match=rf"BED regions\.bed line 3 .*{why}"):
+        compare_small(truth, query, ref, tmp_path / "out", confident_bed=bed)
+
+
+def test_a_gvcf_without_variant_records_is_an_error_naming_it(world, tmp_path):
+    with gzip.open(world.lab / "NA24143_Lib3_Rep1.g.vcf.gz", "rt") as fh:
+        lines = [ln for ln in fh if ln.startswith("#") or ln.split("\t")[4] == "<NON_REF>"]  # reference blocks only
+    empty = tmp_path / "NA24143_blocks_only.g.vcf.gz"
+    with pysam.BGZFile(str(empty), "wb") as out:
+        out.write("".join(lines).encode())
+    assert ensure_indexed(empty)
+    with pytest.raises(InputError, match=r"NA24143_blocks_only\.g\.vcf\.gz has no variant records"):
+        variant_sites(empty, tmp_path / "q.vcf.gz", sample_id="NA24143_Lib3_Rep1")
+    assert not list(tmp_path.glob(".q.vcf.gz*")) and not (tmp_path / "q.vcf.gz").exists()
+
+
+def test_a_zero_byte_and_a_truncated_gvcf_are_named_as_such(world, tmp_path):
+    zero = tmp_path / "NA24143_zero.g.vcf.gz"
+    zero.write_bytes(b"")
+    with pytest.raises(InputError, match=r"NA24143_zero\.g\.vcf\.gz is empty \(0 bytes\)"):
+        ensure_indexed(zero)
+    data = (world.lab / "NA24143_Lib3_Rep1.g.vcf.gz").read_bytes()
+    cut = tmp_path / "NA24143_cut.g.vcf.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    for step in (ensure_indexed, lambda p: variant_sites(p, tmp_path / "q.vcf.gz", sample_id="x")):
+        with pytest.raises(InputError, match=r"NA24143_cut\.g\.vcf\.gz is truncated"):
+            step(cut)
+    Path(f"{cut}.tbi").write_bytes(b"stale index")  # an index next to it must not skip the check
+    with pytest.raises(InputError, match="is truncated"):
+        ensure_indexed(cut)

@@ -18,9 +18,10 @@ import boto3
 import pysam
 import pytest
 
-from genoflows.giab import catalogue, demo_data
+from genoflows.giab import catalogue
 from genoflows.giab.checksums import MANIFEST_NAME
 from genoflows.settings import get_settings
+from genoflows.testing import giab_world
 from genoflows.testing.artifacts import read_artifacts
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.s3 import auth_enforced
@@ -30,8 +31,8 @@ HG4, HG2 = "HG004", "HG002"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> demo_data.DemoWorld:
-    return demo_data.build_world(tmp_path_factory.mktemp("giab-flow-world"))
+def world(tmp_path_factory) -> giab_world.DemoWorld:
+    return giab_world.build_world(tmp_path_factory.mktemp("giab-flow-world"))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def mirror(world):
 @pytest.fixture(scope="module")
 def lab_bucket(world, moto_endpoint) -> str:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    demo_data.upload_lab_files(s3, "giab-lab", "runs/2024-06", world.lab)
+    giab_world.upload_lab_files(s3, "giab-lab", "runs/2024-06", world.lab)
     return "s3://giab-lab/runs/2024-06"
 
 
@@ -53,6 +54,8 @@ def env(settings_env, monkeypatch, mirror, moto_endpoint, world, tmp_path):
     monkeypatch.setenv("GENOFLOWS_GIAB_BASE_URL", mirror.base_url)
     monkeypatch.setenv("GENOFLOWS_REFERENCE_FASTA_URLS", json.dumps(world.reference_urls(mirror.base_url)))
     monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("GENOFLOWS_RETRY_BASE_DELAY_SECONDS", "0.1")  # the shared retry policy, kept but quick
+    monkeypatch.setenv("GENOFLOWS_RETRY_MAX_DELAY_SECONDS", "0.5")
     get_settings.cache_clear()
     mirror.requests.clear()
     yield get_settings()
@@ -69,15 +72,22 @@ def fast_retries(monkeypatch):
 
 
 def _flow_run(state):
+    """The flow run and ITS task runs (filtered by the API: an unfiltered read returns at most 200, in no set order)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async def read():
         async with get_client() as client:
             run = await client.read_flow_run(state.state_details.flow_run_id)
-            tasks = await client.read_task_runs()
-            return run, [t for t in tasks if t.flow_run_id == run.id]
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            return run, tasks
 
     return asyncio.run(read())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes, to prove a finished run directory was not touched."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _metrics(path: Path) -> dict[tuple[str, str, str, str], str]:
@@ -87,7 +97,7 @@ def _metrics(path: Path) -> dict[tuple[str, str, str, str], str]:
     return {(r["engine"], r["type"], r["filter"], r["metric"]): r["value"] for r in rows}
 
 
-def _assert_small_metrics(metrics: dict, expected: demo_data.Expected, engine: str = "bcftools") -> None:
+def _assert_small_metrics(metrics: dict, expected: giab_world.Expected, engine: str = "bcftools") -> None:
     for (vtype, flt), exp in expected.counts.items():
         for col in ("TRUTH.TOTAL", "TRUTH.TP", "TRUTH.FN", "QUERY.TOTAL", "QUERY.FP", "QUERY.UNK", "FP.gt", "FP.al"):
             assert metrics[(engine, vtype, flt, col)] == str(exp[col]), (vtype, flt, col)
@@ -105,36 +115,39 @@ def test_first_run_downloads_second_run_downloads_nothing(prefect_harness, env, 
     state = _run(sample_id=sid, source=lab_bucket, out_dir=out)
     assert state.is_completed(), state
     metrics_csv = state.result()
-    assert metrics_csv == out / sid / "metrics.csv"
+    run_dir = metrics_csv.parent
+    assert run_dir.parent == out / sid and run_dir.name.startswith("run-") and metrics_csv.name == "metrics.csv"
+    assert json.loads((run_dir / "run.json").read_text())["small_engine"] == "bcftools"
     _assert_small_metrics(_metrics(metrics_csv), world.genomes[HG4].expected)
     got = {r.path.rsplit("/", 1)[-1] for r in mirror.downloads() if r.status in (200, 206)}
     t = catalogue.small_truth(HG4, "GRCh38", "")
-    assert got >= {t.vcf.name, t.tbi.name, t.bed.name, "md5sum", demo_data.REFERENCE_NAMES["GRCh38"]}
+    assert got >= {t.vcf.name, t.tbi.name, t.bed.name, "md5sum", giab_world.REFERENCE_NAMES["GRCh38"]}
     manifest = json.loads((env.reference_dir / MANIFEST_NAME).read_text())
     assert manifest[t.bed.relpath]["md5_source"].endswith("/md5sum")  # the published md5 was found and used
-    assert manifest[f"references/GRCh38/{demo_data.REFERENCE_NAMES['GRCh38']}"]["md5_source"] is None  # pinned
+    assert manifest[f"references/GRCh38/{giab_world.REFERENCE_NAMES['GRCh38']}"]["md5_source"] is None  # pinned
     run, task_runs = _flow_run(state)
     assert run.name == sid
-    assert {"ensure references GRCh38", f"stage small input of {sid}", "benchmark small variants (auto)"} <= {
-        t.name for t in task_runs
-    }
-    assert (out / sid / "bcftools" / "summary.csv").exists() and (out / sid / "provenance.jsonl").exists()
+    assert {"ensure references GRCh38", f"locate inputs of {sid}", f"stage {sid}.g.vcf.gz",
+            "benchmark small variants (bcftools)"} <= {t.name for t in task_runs}
+    assert all(t.flow_run_id == run.id for t in task_runs)
+    assert (run_dir / "bcftools" / "summary.csv").exists() and (run_dir / "provenance.jsonl").exists()
     table = read_artifacts("giab-na24143-lib3-rep1-metrics")
     assert table and "METRIC.Recall" in table[0].data
     assert read_artifacts("giab-na24143-lib3-rep1-files")
 
-    before = len(mirror.requests)
+    before, finished = len(mirror.requests), _tree(run_dir)
     again = _run(sample_id=sid, source=lab_bucket, out_dir=out)
     assert again.is_completed(), again
-    assert len(mirror.requests) == before, mirror.requests[before:]  # not even a HEAD: all served from the cache
-    assert _metrics(again.result()) == _metrics(metrics_csv)
+    assert len(mirror.requests) == before, mirror.requests[before:]  # not even a HEAD: nothing to do at all
+    assert again.result() == metrics_csv and _tree(run_dir) == finished  # up to date: the finished run, untouched
+    assert [p.name for p in (out / sid).iterdir()] == [run_dir.name]
 
 
 def test_injected_faults_are_retried_and_the_run_succeeds(prefect_harness, env, world, mirror, lab_bucket, tmp_path):
     t = catalogue.small_truth(HG4, "GRCh38", "")
     mirror.add_fault(t.vcf.name, "corrupt")  # caught by the published md5, retried
     mirror.add_fault(t.bed.name, "503")
-    mirror.add_fault(demo_data.REFERENCE_NAMES["GRCh38"], "drop")  # resumed with a Range request
+    mirror.add_fault(giab_world.REFERENCE_NAMES["GRCh38"], "drop")  # resumed with a Range request
     state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out", engine="bcftools")
     assert state.is_completed(), state
     _assert_small_metrics(_metrics(state.result()), world.genomes[HG4].expected)
@@ -154,7 +167,7 @@ def test_unknown_sample_fails_before_any_download(prefect_harness, env, mirror, 
 
 def test_sv_for_a_genome_without_sv_truth_fails_before_any_download(prefect_harness, env, mirror, lab_bucket, tmp_path):
     state = _run(sample_id="NA24143_x", source=lab_bucket, variant_types=["sv"], out_dir=tmp_path / "out")
-    with pytest.raises(catalogue.NoTruthSet, match="HG002 on GRCh37 only"):
+    with pytest.raises(catalogue.NoTruthSet, match="for HG002 only"):
         state.result()
     assert mirror.requests == []
 
@@ -178,13 +191,15 @@ def test_s3_access_denied_is_not_retried(prefect_harness, env, world, lab_bucket
         AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1").save(
             "giab-denied", overwrite=True
         )
-        state = _run(sample_id=sid, source=lab_bucket, out_dir=tmp_path / "out", aws_credentials_block="giab-denied")
+        state = _run(sample_id=sid, source=lab_bucket, out_dir=tmp_path / "out",
+                     aws_credentials=AwsCredentials.load("giab-denied"))
     assert state.is_failed()
     with pytest.raises(Exception, match="access denied"):
         state.result()
     _, task_runs = _flow_run(state)
-    stage = [t for t in task_runs if t.name.startswith("stage small input")]
-    assert len(stage) == 1 and stage[0].run_count == 1 and stage[0].state.is_failed()
+    locate = [t for t in task_runs if t.name.startswith("locate inputs")]
+    assert len(locate) == 1 and locate[0].run_count == 1 and locate[0].state.is_failed()
+    assert not (tmp_path / "out").exists()  # failed before a run directory was started
 
 
 def test_checksum_mismatch_is_retried_then_fails_leaving_nothing(prefect_harness, env, world, lab_bucket, fast_retries,
@@ -216,6 +231,7 @@ def test_a_lab_download_failing_for_good_is_retried_by_the_fetch_task_alone(pref
     """A 503 on the lab's file: fetch_file tries 1 + 4 times; stage_query must not multiply that by its own retries."""
     import tasks.fetch
     from genoflows.fetch import TransientFetchError
+    from genoflows.giab.source import find_input
     from tasks.giab import stage_query
 
     sid = world.sample_id(HG4)
@@ -230,9 +246,32 @@ def test_a_lab_download_failing_for_good_is_retried_by_the_fetch_task_alone(pref
         return real_fetch(uri, dest, **kwargs)
 
     monkeypatch.setattr(tasks.fetch, "fetch", unavailable)
+    found = find_input(lab_bucket, sid, s3_client=boto3.client("s3", endpoint_url=env.s3_endpoint_url,
+                                                                region_name="us-east-1"))
     with pytest.raises(TransientFetchError, match="ServiceUnavailable"):
-        stage_query(lab_bucket, sid, tmp_path / "input")
+        stage_query(found, tmp_path / "input")
     assert len(attempts) == 5
+
+
+def test_an_index_older_than_its_data_is_not_used(prefect_harness, env, world, tmp_path):
+    """The lab uploaded a new gVCF and forgot its index: the old .tbi next to it would point into the old bytes."""
+    import os
+
+    from genoflows.giab.source import find_input
+    from tasks.giab import stage_query
+    from tests.test_giab_references import _index_is_whole
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    name = f"{world.sample_id(HG4)}.g.vcf.gz"
+    data = lab / name
+    shutil.copy(world.lab / name, data)
+    (lab / f"{name}.tbi").write_bytes(b"an index of an earlier upload")
+    os.utime(lab / f"{name}.tbi", (data.stat().st_mtime - 3600,) * 2)
+    found = find_input(str(lab), world.sample_id(HG4))
+    assert found.index_is_stale
+    staged = stage_query(found, tmp_path / "run" / "input")
+    assert _index_is_whole(staged) and Path(f"{staged}.tbi").read_bytes() != b"an index of an earlier upload"
 
 
 def _level0_bgzf(text: str, dst: Path) -> Path:
@@ -242,7 +281,7 @@ def _level0_bgzf(text: str, dst: Path) -> Path:
     return dst
 
 
-def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, str, dict]:
+def _same_size_replacement(world: giab_world.DemoWorld, hg: str) -> tuple[str, str, dict]:
     """(original gVCF text, replacement of the same length, expected counts of the replacement).
 
     The replacement calls one plain TP SNP (0/1 in truth and query, inside the confident regions) 1/1: by the
@@ -256,7 +295,7 @@ def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, st
         r for r in g.query
         if len(r.alts) == 1 and len(r.ref) == len(r.alts[0]) == 1 and r.gt == "0/1" and r.filter in ("PASS", ".")
         and (t := truth.get((r.chrom, r.pos))) is not None and (t.ref, t.alts, t.gt) == (r.ref, r.alts, r.gt)
-        and any(s < r.pos <= e for s, e in demo_data.CONFIDENT[r.chrom])
+        and any(s < r.pos <= e for s, e in giab_world.CONFIDENT[r.chrom])
     )
     with gzip.open(world.lab / f"{g.sample_id}.g.vcf.gz", "rt") as fh:
         original = fh.read()
@@ -285,7 +324,8 @@ def _same_size_replacement(world: demo_data.DemoWorld, hg: str) -> tuple[str, st
 def test_a_lab_file_replaced_by_one_of_the_same_size_is_benchmarked_anew(where, prefect_harness, env, world,
                                                                          lab_bucket, moto_endpoint, tmp_path):
     """The lab re-uploads a corrected gVCF under the same name, same size, no index: the next run stages the new
-    bytes, rebuilds the index for them and counts the new calls."""
+    bytes into a new run directory, indexes them and counts the new calls; the first run's directory stays
+    byte-identical. A third upload, cut off mid-transfer, fails naming the truncated file and touches neither."""
     from tests.test_giab_references import _index_is_whole
 
     sid = world.sample_id(HG4)
@@ -306,20 +346,37 @@ def test_a_lab_file_replaced_by_one_of_the_same_size_is_benchmarked_anew(where, 
             shutil.copyfile(path, tmp_path / "lab" / name)
 
     out = tmp_path / "out"
-    staged = out / sid / "input" / name
 
     put(first)
     state = _run(sample_id=sid, source=src, out_dir=out, engine="bcftools")
     assert state.is_completed(), state
+    run1 = state.result().parent
     _assert_small_metrics(_metrics(state.result()), world.genomes[HG4].expected)
+    staged = run1 / "input" / name
     assert staged.read_bytes() == first.read_bytes() and _index_is_whole(staged)
+    finished = _tree(run1)
 
     put(second)
     state = _run(sample_id=sid, source=src, out_dir=out, engine="bcftools")
     assert state.is_completed(), state
-    assert staged.read_bytes() == second.read_bytes()
-    assert _index_is_whole(staged)
+    run2 = state.result().parent
+    assert run2 != run1 and _tree(run1) == finished
+    assert (run2 / "input" / name).read_bytes() == second.read_bytes()
+    assert _index_is_whole(run2 / "input" / name)
     _assert_small_metrics(_metrics(state.result()), expected_second)
+
+    if where == "s3":
+        second_finished = _tree(run2)
+        cut = tmp_path / "cut" / name
+        cut.parent.mkdir()
+        cut.write_bytes(second.read_bytes()[: second.stat().st_size // 2])
+        put(cut)
+        state = _run(sample_id=sid, source=src, out_dir=out, engine="bcftools")
+        assert state.is_failed()
+        with pytest.raises(Exception, match=rf"{name}.*(truncated|BGZF|EOF)"):
+            state.result()
+        assert _tree(run1) == finished and _tree(run2) == second_finished
+        assert sorted(p.name for p in (out / sid).iterdir()) == sorted([run1.name, run2.name])  # no temp left
 
 
 def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness, env, world, mirror, tmp_path):
@@ -332,9 +389,25 @@ def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness
     for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
         for key, value in expected.items():
             assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
-    assert (tmp_path / "out" / sid / "truvari" / "summary.json").exists()
+    assert (state.result().parent / "truvari" / "summary.json").exists()
     sv_truth = catalogue.sv_truth(HG2, "GRCh37", "")
     assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
+
+
+def test_sv_on_grch38_is_benchmarked_against_cmrg_verified_like_any_truth(prefect_harness, env, world, mirror,
+                                                                          tmp_path):
+    sid = world.sample_id(HG2)
+    state = _run(sample_id=sid, source=str(world.lab), build="GRCh38", variant_types=["sv"], out_dir=tmp_path / "out")
+    assert state.is_completed(), state
+    metrics = _metrics(state.result())
+    for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
+        for key, value in expected.items():
+            assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
+    cmrg = catalogue.sv_truth(HG2, "GRCh38", "")
+    assert "CMRG_v1.00/GRCh38/StructuralVariant" in cmrg.vcf.relpath
+    manifest = json.loads((env.reference_dir / MANIFEST_NAME).read_text())
+    assert manifest[cmrg.vcf.relpath]["md5_source"].endswith("/StructuralVariant/md5sum")  # its published md5
+    assert manifest[cmrg.bed.relpath]["md5_source"].endswith("/StructuralVariant/md5sum")
 
 
 def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirror, tmp_path):
@@ -351,7 +424,7 @@ def test_a_non_giab_sample_with_its_own_truth(prefect_harness, env, world, mirro
     _assert_small_metrics(metrics, world.genomes[HG4].expected)
     with open(state.result()) as fh:
         assert {r["genome"] for r in csv.DictReader(fh)} == {"custom"}
-    assert (tmp_path / "out" / "LAB-0042" / "input" / "LAB-0042.g.vcf.gz.tbi").exists()
+    assert (state.result().parent / "input" / "LAB-0042.g.vcf.gz.tbi").exists()
 
 
 def test_a_sample_id_that_is_a_path_cannot_write_outside_out_dir(prefect_harness, env, world, mirror, tmp_path):
@@ -380,15 +453,21 @@ def test_parameters_render_as_a_form():
     assert props["variant_types"]["items"]["enum"] == ["small", "sv"]
     assert "NA24143_Lib3_Rep1" in props["sample_id"]["description"]
     assert set(schema["definitions"]["TruthSet"]["properties"]) == {"vcf", "bed"}
+    # Blocks are block-typed parameters: the UI offers a block picker, not a free-text block name.
+    for name, block, slug in (("aws_credentials", "AwsCredentials", "aws-credentials"),
+                              ("tool_images", "ToolImages", "genoflows-tool-images")):
+        assert {"$ref": f"#/definitions/{block}"} in props[name]["anyOf"], props[name]
+        assert schema["definitions"][block]["block_type_slug"] == slug
+    assert "aws_credentials_block" not in props and "tool_images_block" not in props
 
 
 def test_auto_engine_uses_happy_when_it_is_on_path(prefect_harness, env, world, lab_bucket, monkeypatch, tmp_path):
     import os
 
     from genoflows.toolrun import _version_of
-    from tests.test_giab_tools import _fake_happy
+    from tests.test_giab_tools import _stand_in_happy
 
-    script = _fake_happy(tmp_path / "bin")
+    script = _stand_in_happy(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     _version_of.cache_clear()
     try:
@@ -397,24 +476,24 @@ def test_auto_engine_uses_happy_when_it_is_on_path(prefect_harness, env, world, 
         _version_of.cache_clear()
     assert state.is_completed(), state
     metrics = _metrics(state.result())
-    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "44"  # the fake's summary, read by header name
+    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "4"  # the stand-in's hand-made summary, read by header
     assert not any(engine == "bcftools" for engine, *_ in metrics)
-    sample_dir = tmp_path / "out" / world.sample_id(HG4)
+    sample_dir = state.result().parent
     assert (sample_dir / "happy" / "happy.summary.csv").exists()
     assert '"tool": "hap.py"' in (sample_dir / "provenance.jsonl").read_text()
 
 
 def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, env, world, lab_bucket, monkeypatch,
                                                                tmp_path):
-    """hap.py is not on PATH; a saved ToolImages block sends it to a container engine (a stand-in that runs the
-    image's hap.py after checking the bind mounts), unchanged flow code."""
+    """hap.py is not on PATH; a ToolImages block sends it to a container engine (a stand-in that answers `version`
+    and runs the image's hap.py stand-in after checking the bind mounts), unchanged flow code. Plumbing only."""
     import textwrap
 
     from blocks.tool_images import ToolImages
     from genoflows.toolrun import _version_of
-    from tests.test_giab_tools import _fake_happy
+    from tests.test_giab_tools import _stand_in_happy
 
-    image_bin = _fake_happy(tmp_path / "image-rootfs" / "bin").parent
+    image_bin = _stand_in_happy(tmp_path / "image-rootfs" / "bin").parent
     calls = tmp_path / "engine-calls.txt"
     engine = tmp_path / "fake-engine"
     engine.write_text(textwrap.dedent(f"""\
@@ -422,6 +501,8 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
         import os, sys
         args = sys.argv[1:]
         open({str(calls)!r}, "a").write(" ".join(args) + "\\n")
+        if args == ["version"]:
+            print("Version: 4.3.1"); sys.exit(0)
         assert args[:4] == ["run", "--rm", "--network", "host"], args
         i, mounts = 4, []
         while args[i] in ("-v", "-w"):
@@ -436,11 +517,11 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
         os.execv(os.path.join({str(image_bin)!r}, argv[0]), argv)
         """))
     engine.chmod(0o755)
-    ToolImages(images={"hap.py": "localhost/hap.py:fake"}, engine=str(engine)).save("happy-image", overwrite=True)
+    images = ToolImages(images={"hap.py": "localhost/hap.py:fake"}, engine=str(engine))
     _version_of.cache_clear()
     try:
         state = _run(sample_id=world.sample_id(HG4), source=lab_bucket, out_dir=tmp_path / "out", engine="happy",
-                     tool_images_block="happy-image")
+                     tool_images=images)
     finally:
         _version_of.cache_clear()
         from genoflows.settings import get_settings
@@ -448,9 +529,9 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
         get_settings.cache_clear()
     assert state.is_completed(), state
     metrics = _metrics(state.result())
-    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "44"
+    assert metrics[("happy", "INDEL", "ALL", "FP.al")] == "4"
     assert "localhost/hap.py:fake hap.py" in calls.read_text()
-    provenance = (tmp_path / "out" / world.sample_id(HG4) / "provenance.jsonl").read_text()
+    provenance = (state.result().parent / "provenance.jsonl").read_text()
     assert '"image": "localhost/hap.py:fake"' in provenance and '"version": "0.3.15"' in provenance
     from genoflows.settings import get_settings
 

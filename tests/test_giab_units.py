@@ -89,12 +89,23 @@ def test_checksum_sources_try_the_sidecar_then_directory_listings():
     assert f"{folder}/HG005_benchmark.md5" in t.vcf.md5_sources
 
 
-def test_sv_truth_exists_for_hg002_grch37_only():
+def test_sv_truth_is_tier1_on_grch37_and_cmrg_on_grch38_for_hg002_only():
     t = catalogue.sv_truth("HG002", "GRCh37", BASE)
     assert t.vcf.url == f"{BASE}/AshkenazimTrio/HG002_NA24385_son/NIST_SV_v0.6/HG002_SVs_Tier1_v0.6.vcf.gz"
     assert t.bed.url.endswith("NIST_SV_v0.6/HG002_SVs_Tier1_v0.6.bed")
-    with pytest.raises(catalogue.NoTruthSet, match="HG002 on GRCh37 only.*`truth`"):
+    cmrg = f"{BASE}/AshkenazimTrio/HG002_NA24385_son/CMRG_v1.00/GRCh38/StructuralVariant"
+    t38 = catalogue.sv_truth("HG002", "GRCh38", BASE)
+    assert t38.vcf.url == f"{cmrg}/HG002_GRCh38_CMRG_SV_v1.00.vcf.gz"
+    assert t38.tbi.url == f"{cmrg}/HG002_GRCh38_CMRG_SV_v1.00.vcf.gz.tbi"
+    assert t38.bed.url == f"{cmrg}/HG002_GRCh38_CMRG_SV_v1.00.bed"
+    assert t38.vcf.md5_sources[:2] == (f"{t38.vcf.url}.md5", f"{cmrg}/md5sum")  # verified like every truth file
+    assert "CMRG v1.00 GRCh38" in t38.label
+    t37 = catalogue.sv_truth("HG002", "GRCh37", BASE, benchmark="CMRG_v1.00")
+    assert t37.vcf.url.endswith("CMRG_v1.00/GRCh37/StructuralVariant/HG002_GRCh37_CMRG_SV_v1.00.vcf.gz")
+    with pytest.raises(catalogue.NoTruthSet, match="HG002 only.*`truth`"):
         catalogue.sv_truth("HG004", "GRCh38", BASE)
+    with pytest.raises(catalogue.NoTruthSet, match="Tier1_v0.6 for HG002 on GRCh38"):
+        catalogue.sv_truth("HG002", "GRCh38", BASE, benchmark="Tier1_v0.6")
     with pytest.raises(catalogue.NoTruthSet, match="unknown genome build"):
         catalogue.small_truth("HG002", "hg19", BASE)
 
@@ -218,3 +229,21 @@ def test_truvari_command_line_and_summary(tmp_path):
     assert m["TP-base"] == 4 and m["gt_concordance"] == 0.75 and "gt_matrix" not in m
     with pytest.raises(truvari.TruvariSummaryError, match="no summary.json"):
         truvari.parse_summary(tmp_path / "missing" / "summary.json")
+
+
+def test_a_run_directory_appears_whole_and_a_concurrent_twin_never_replaces_it(tmp_path):
+    from genoflows.giab import runs
+
+    key = runs.run_key({"inputs": {"small": {"version": "etag 1"}}})
+    assert key == runs.run_key({"inputs": {"small": {"version": "etag 1"}}}) != runs.run_key({"inputs": {}})
+    first, second = runs.start(tmp_path, key), runs.start(tmp_path, key)
+    assert first != second and runs.finished(tmp_path, key) is None  # work in progress is not a finished run
+    (first / "metrics.csv").write_text("first\n")
+    (second / "metrics.csv").write_text("second\n")
+    final = runs.finish(first, tmp_path, key, {"who": "first"})
+    assert runs.finished(tmp_path, key) == final and not first.exists()
+    assert runs.finish(second, tmp_path, key, {"who": "second"}) == final  # the twin finds it done ...
+    assert (final / "metrics.csv").read_text() == "first\n" and not second.exists()  # ... and leaves it alone
+    failed = runs.start(tmp_path, key)
+    runs.discard(failed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]

@@ -1,16 +1,19 @@
 """Where the GIAB truth sets and reference genomes live, relative to the configured mirror.
 
-Layout (shared/specs/giab-benchmarking.md sections 2.1 and 2.4), under `settings.giab_base_url` (a `release/`
-tree: NCBI, the s3://giab mirror, a lab mirror or the test server):
+Layout of GIAB's `release/` tree (docs/giab-benchmarking.md), under `settings.giab_base_url` (NCBI, the s3://giab
+mirror, a lab mirror or the test server):
 
 - small variants v4.2.1, HG001-HG007, GRCh37/GRCh38:
   `<sample dir>/NISTv4.2.1/<build>/<HG>_<build>_1_22_v4.2.1_benchmark.vcf.gz` (+ `.tbi`) and the BED
   `..._benchmark_noinconsistent.bed` for HG002-HG004, `..._benchmark.bed` for the others;
-- structural variants: HG002 Tier1 v0.6, GRCh37 only: `HG002_NA24385_son/NIST_SV_v0.6/HG002_SVs_Tier1_v0.6.vcf.gz`
-  (+ `.tbi`, `HG002_SVs_Tier1_v0.6.bed`);
+- structural variants, HG002 only: Tier1 v0.6 (GRCh37 only, genome-wide):
+  `HG002_NA24385_son/NIST_SV_v0.6/HG002_SVs_Tier1_v0.6.vcf.gz` (+ `.tbi`, `HG002_SVs_Tier1_v0.6.bed`), and CMRG v1.00
+  (GRCh37 and GRCh38; 273 challenging medically relevant genes only):
+  `HG002_NA24385_son/CMRG_v1.00/<build>/StructuralVariant/HG002_<build>_CMRG_SV_v1.00.vcf.gz` (+ `.tbi`, `.bed`).
+  By default GRCh37 uses Tier1 v0.6 and GRCh38 uses CMRG v1.00 (the only GIAB SV benchmark released on GRCh38);
 - reference FASTA per build: `settings.reference_fasta_urls`.
 
-Checksums: NCBI publishes md5 files inconsistently (spec section 2.3), so each file carries a list of places an
+Checksums: NCBI publishes md5 files inconsistently, so each file carries a list of places an
 md5 may be found; `checksum_sources` documents the names tried, in order.
 """
 
@@ -25,7 +28,7 @@ from genoflows.giab.samples import genome, known_samples
 
 BUILDS = ("GRCh38", "GRCh37")
 NOINCONSISTENT = {"HG002", "HG003", "HG004"}
-# Per-directory md5 listings seen on the GIAB FTP (spec 2.3) or common elsewhere; `<file>.md5` is tried first.
+# Per-directory md5 listings seen on the GIAB FTP or common elsewhere; `<file>.md5` is tried first.
 DIRECTORY_MD5_NAMES = ("md5sum", "md5sums.txt", "md5checksums.txt", "MD5SUMS")
 
 
@@ -83,7 +86,7 @@ def small_truth(hg: str, build: str, base_url: str) -> TruthFiles:
     stem = f"{g.hg}_{build}_1_22_v4.2.1_benchmark"
     folder = f"{g.release_dir}/NISTv4.2.1/{build}"
     bed = f"{stem}_noinconsistent.bed" if g.hg in NOINCONSISTENT else f"{stem}.bed"
-    extra = (f"{g.hg}_benchmark.md5",)  # seen next to HG005-7 v4.2.1 files in one tutorial (spec 2.3)
+    extra = (f"{g.hg}_benchmark.md5",)  # seen next to HG005-7 v4.2.1 files in one tutorial
     return TruthFiles(
         label=f"GIAB {g.hg} NISTv4.2.1 {build} small variants",
         vcf=_giab_file(base_url, f"{folder}/{stem}.vcf.gz", extra),
@@ -92,21 +95,35 @@ def small_truth(hg: str, build: str, base_url: str) -> TruthFiles:
     )
 
 
-def sv_truth(hg: str, build: str, base_url: str) -> TruthFiles:
-    """The HG002 Tier1 v0.6 SV benchmark (GRCh37 only); anything else has no GIAB SV truth here."""
+SV_BENCHMARKS = ("Tier1_v0.6", "CMRG_v1.00")
+DEFAULT_SV_BENCHMARK = {"GRCh37": "Tier1_v0.6", "GRCh38": "CMRG_v1.00"}
+
+
+def sv_truth(hg: str, build: str, base_url: str, benchmark: str | None = None) -> TruthFiles:
+    """An HG002 SV benchmark: Tier1 v0.6 (GRCh37 only) or CMRG v1.00 (GRCh37, GRCh38); by default the one for
+    `build` (DEFAULT_SV_BENCHMARK). GIAB publishes no SV benchmark for the other genomes."""
     _check_build(build)
-    if hg.upper() != "HG002" or build != "GRCh37":
+    benchmark = benchmark or DEFAULT_SV_BENCHMARK[build]
+    if benchmark not in SV_BENCHMARKS:
+        raise NoTruthSet(f"unknown SV benchmark {benchmark!r}: choose one of {', '.join(SV_BENCHMARKS)}")
+    if hg.upper() != "HG002" or (benchmark == "Tier1_v0.6" and build != "GRCh37"):
         raise NoTruthSet(
-            f"GIAB publishes its SV benchmark (Tier1 v0.6) for HG002 on GRCh37 only, not {hg} on {build}: "
-            f"run with build='GRCh37' for HG002, drop 'sv' from variant_types, or pass `truth` with your own SV "
+            f"GIAB publishes SV benchmarks for HG002 only (Tier1 v0.6 on GRCh37, CMRG v1.00 on GRCh37 and GRCh38), "
+            f"not {benchmark} for {hg} on {build}: drop 'sv' from variant_types, or pass `truth` with your own SV "
             f"truth VCF and BED"
         )
-    folder = f"{genome('HG002').release_dir}/NIST_SV_v0.6"
+    home = genome("HG002").release_dir
+    if benchmark == "Tier1_v0.6":
+        folder, stem = f"{home}/NIST_SV_v0.6", "HG002_SVs_Tier1_v0.6"
+        label = "GIAB HG002 NIST_SV_v0.6 Tier1 GRCh37 structural variants"
+    else:
+        folder, stem = f"{home}/CMRG_v1.00/{build}/StructuralVariant", f"HG002_{build}_CMRG_SV_v1.00"
+        label = f"GIAB HG002 CMRG v1.00 {build} structural variants (challenging medically relevant genes)"
     return TruthFiles(
-        label="GIAB HG002 NIST_SV_v0.6 Tier1 GRCh37 structural variants",
-        vcf=_giab_file(base_url, f"{folder}/HG002_SVs_Tier1_v0.6.vcf.gz"),
-        tbi=_giab_file(base_url, f"{folder}/HG002_SVs_Tier1_v0.6.vcf.gz.tbi"),
-        bed=_giab_file(base_url, f"{folder}/HG002_SVs_Tier1_v0.6.bed"),
+        label=label,
+        vcf=_giab_file(base_url, f"{folder}/{stem}.vcf.gz"),
+        tbi=_giab_file(base_url, f"{folder}/{stem}.vcf.gz.tbi"),
+        bed=_giab_file(base_url, f"{folder}/{stem}.bed"),
     )
 
 

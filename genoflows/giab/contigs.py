@@ -8,6 +8,7 @@ saying so), and a contig with no counterpart in the reference is an error, never
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,12 +24,116 @@ class ContigMismatch(ValueError):
     """A file has records on contigs the reference does not have under any naming."""
 
 
+class BuildMismatch(ContigMismatch):
+    """A file declares contig lengths (or an assembly) of another genome build than the reference's."""
+
+
+# Lengths that tell the builds apart (chr1, chr20, chr21, chr22, chrX, chrM; GRCh37 and hg19 differ only in
+# naming and in chrM: hg19 carries the old 16,571 bp Yoruba mitochondrion, GRCh37/hs37d5 the 16,569 bp rCRS).
+BUILD_LENGTHS: dict[str, dict[str, int]] = {
+    "GRCh37": {"1": 249_250_621, "20": 63_025_520, "21": 48_129_895, "22": 51_304_566, "X": 155_270_560, "M": 16_569},
+    "hg19": {"1": 249_250_621, "20": 63_025_520, "21": 48_129_895, "22": 51_304_566, "X": 155_270_560, "M": 16_571},
+    "GRCh38": {"1": 248_956_422, "20": 64_444_167, "21": 46_709_983, "22": 50_818_468, "X": 156_040_895, "M": 16_569},
+    "T2T-CHM13": {"1": 248_387_328, "20": 66_210_255, "21": 45_090_682, "22": 51_324_926, "X": 154_259_566, "M": 16_569},
+}
+# Assembly names seen in `##assembly=` / `##reference=` header lines, by the build family they mean.
+_ASSEMBLY_WORDS = (
+    (re.compile(r"hg19|grch37|\bb37\b|hs37d5|g1k_v37|human_g1k", re.I), "GRCh37"),
+    (re.compile(r"hg38|grch38|\bb38\b|gca_000001405\.15|hs38", re.I), "GRCh38"),
+    (re.compile(r"chm13|t2t|\bhs1\b", re.I), "T2T-CHM13"),
+)
+
+
 def fasta_contigs(fasta: Path) -> list[str]:
     """Contig names of an indexed FASTA, in order (from its .fai)."""
     fai = Path(f"{fasta}.fai")
     if not fai.exists():
         raise FileNotFoundError(f"{fasta} has no .fai index: run `samtools faidx {fasta}`")
     return [line.split("\t", 1)[0] for line in fai.read_text().splitlines() if line.strip()]
+
+
+def fasta_lengths(fasta: Path) -> dict[str, int]:
+    """Contig name -> length of an indexed FASTA (from its .fai)."""
+    fai = Path(f"{fasta}.fai")
+    if not fai.exists():
+        raise FileNotFoundError(f"{fasta} has no .fai index: run `samtools faidx {fasta}`")
+    rows = (line.split("\t") for line in fai.read_text().splitlines() if line.strip())
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _bare(name: str) -> str:
+    bare = name[3:] if name.lower().startswith("chr") else name
+    return "M" if bare.upper() in ("M", "MT") else bare
+
+
+def family(build: str | None) -> str | None:
+    """GRCh37 and hg19 are one build for coordinates (names aside): both map to GRCh37."""
+    return "GRCh37" if build == "hg19" else build
+
+
+def looks_like(lengths: dict[str, int]) -> str | None:
+    """The build whose distinguishing contig lengths these are (None when no known length matches).
+
+    GRCh37 and hg19 share every length but chrM's, so without chrM the naming decides (`chr1` -> hg19)."""
+    best, best_hits = None, 0
+    for build, table in BUILD_LENGTHS.items():
+        hits = 0
+        for name, length in lengths.items():
+            want = table.get(_bare(name))
+            if want is None:
+                continue
+            if want != length:
+                hits = -1
+                break
+            hits += 1
+        if hits > best_hits:
+            best, best_hits = build, hits
+    if best in ("GRCh37", "hg19") and not any(_bare(n) == "M" for n in lengths):
+        return "hg19" if any(n.lower().startswith("chr") for n in lengths) else "GRCh37"
+    return best
+
+
+def declared_assembly(header_lines: Iterable[str]) -> tuple[str, str] | None:
+    """(build family, the header line) from `##assembly=` or `##reference=`, when it names a known build."""
+    for line in header_lines:
+        if line.startswith(("##assembly=", "##reference=")):
+            for pattern, build in _ASSEMBLY_WORDS:
+                if pattern.search(line):
+                    return build, line.strip()
+    return None
+
+
+def check_same_build(vcf: Path, reference: Path, *, label: str, build: str | None = None) -> None:
+    """Stop with BuildMismatch when `vcf` was made on another genome build than `reference`.
+
+    Two checks on the header: every `##contig` with a length must have that length in the reference (under
+    either naming), and a `##assembly`/`##reference` line naming a build must name the reference's (taken from
+    its contig lengths, else `build`, the build the run asked for). Contig names alone cannot tell hg19 from
+    GRCh38: both say chr20.
+    """
+    ref_lengths = fasta_lengths(reference)
+    ref_by_bare = {_bare(n): (n, ln) for n, ln in ref_lengths.items()}
+    with pysam.VariantFile(str(vcf)) as vf:
+        declared = {name: rec.length for name, rec in vf.header.contigs.items() if rec.length}
+        lines = str(vf.header).splitlines()
+    ref_build = looks_like(ref_lengths) or build
+    vcf_build = looks_like(declared)
+    for name, length in declared.items():
+        ref_name, ref_length = (name, ref_lengths[name]) if name in ref_lengths else ref_by_bare.get(_bare(name), (None, None))
+        if ref_length is not None and ref_length != length:
+            like = f"; the {label} looks like {vcf_build}" if vcf_build else ""
+            ref_is = f" ({ref_build})" if ref_build else ""
+            raise BuildMismatch(
+                f"{label} {Path(vcf).name}: contig {name} is {length:,} bp in its header but {ref_name} is "
+                f"{ref_length:,} bp in the reference {Path(reference).name}{ref_is}{like}. It was called on another "
+                f"genome build: benchmark it with the matching build, or lift it over first."
+            )
+    said = declared_assembly(lines)
+    if said is not None and ref_build is not None and said[0] != family(ref_build):
+        raise BuildMismatch(
+            f"{label} {Path(vcf).name} declares {said[1]!r} ({said[0]}) but the reference {Path(reference).name} is "
+            f"{ref_build}: benchmark it against {said[0]}, or fix the header if the declaration is wrong."
+        )
 
 
 def vcf_contigs(vcf: Path) -> list[str]:

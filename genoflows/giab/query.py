@@ -1,7 +1,7 @@
 """Make a lab's VCF/gVCF comparable: indexed, one sample, variant sites only.
 
 A gVCF is mostly reference blocks (`<NON_REF>`/`<*>` ALT, GT 0/0); benchmarking tools want the variant
-records alone, with the symbolic allele trimmed (shared/specs/giab-benchmarking.md section 5, step 1).
+records alone, with the symbolic allele trimmed (docs/giab-local-engine.md, "What it does", step 1).
 """
 
 from __future__ import annotations
@@ -48,6 +48,45 @@ def build_tbi(vcf: Path, *, log: Log | None = None, provenance_dir: Path | None 
     return tbi
 
 
+# The empty BGZF block every complete BGZF file ends with (SAM/BAM spec 4.1.2); a cut-off upload lacks it.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+def check_vcf_file(path: Path, label: str = "input") -> None:
+    """Name a 0-byte or truncated (no BGZF end-of-file block) VCF before pysam or bcftools trip over it."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(
+            f"{label} {path.name} is empty (0 bytes): the upload or export did not complete; write and upload it again"
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(max(0, size - len(BGZF_EOF)))
+        tail = fh.read()
+    if head == b"\x1f\x8b" and _is_bgzf(path) and tail != BGZF_EOF:
+        raise InputError(
+            f"{label} {path.name} is truncated: it ends without the BGZF end-of-file block ({size:,} bytes), so it "
+            f"was cut off while being written or uploaded; upload the complete file again"
+        )
+
+
+def require_records(vcf: Path, label: str = "input", *, shown: str | None = None, what: str = "variant records") -> None:
+    """An input with no records gives all-zero metrics that look like a result: stop, naming the file
+    (`shown`, when `vcf` is a derived file of it)."""
+    quiet = pysam.set_verbosity(0)  # htslib would complain that a fresh, not yet indexed file has no index
+    try:
+        with pysam.VariantFile(str(vcf)) as vf:
+            empty = next(iter(vf), None) is None
+    finally:
+        pysam.set_verbosity(quiet)
+    if empty:
+        raise InputError(
+            f"{label} {shown or Path(vcf).name} has no {what}: nothing to benchmark. Check that it is the right file "
+            f"(a gVCF of reference blocks only, or a failed variant calling, has none)"
+        )
+
+
 def _is_bgzf(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(18)
@@ -58,6 +97,7 @@ def _is_bgzf(path: Path) -> bool:
 def ensure_indexed(vcf: Path, *, log: Log | None = None, provenance_dir: Path | None = None) -> Path:
     """Return the index of `vcf`, building a .tbi when there is none; clear errors for unusable files."""
     vcf = Path(vcf)
+    check_vcf_file(vcf)
     existing = index_path(vcf)
     if existing is not None:
         if existing.stat().st_mtime + 1 < vcf.stat().st_mtime and log:
@@ -129,13 +169,20 @@ def variant_sites(
     docs/giab-local-engine.md), and trims ALT alleles no genotype uses (`<NON_REF>`, `<*>`).
     """
     src, dst = Path(src), Path(dst)
+    check_vcf_file(src)
     sample = choose_sample(src, sample_id)
     if log:
         kind = "gVCF" if is_gvcf(src) else "VCF"
         log(f"{src.name} is a {kind}; keeping variant sites{f' of sample {sample}' if sample else ''}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp.vcf.gz")
-    run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample), log=log, provenance_dir=provenance_dir)
+    threads = min(4, os.cpu_count() or 1)
+    run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample, threads=threads), log=log, provenance_dir=provenance_dir)
+    try:
+        require_records(tmp, "input", shown=src.name, what="variant records (genotypes carrying an ALT allele)")
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
     run_tool(bcftools.index_argv(tmp), log=log, provenance_dir=provenance_dir)
     Path(f"{tmp}.tbi").replace(f"{dst}.tbi")
     tmp.replace(dst)

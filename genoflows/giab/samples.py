@@ -1,7 +1,7 @@
 """Map a lab's sample id (NA24143_Lib3_Rep1, HG004_foo, hg002) to its GIAB genome (HG001-HG007).
 
 Labs name files after the Coriell id they ordered, with library/replicate suffixes; the truth sets are filed
-under the GIAB id. The release directory of each genome is in shared/specs/giab-benchmarking.md section 1.
+under the GIAB id. The release directory of each genome: docs/giab-benchmarking.md ("Truth sets").
 """
 
 from __future__ import annotations

@@ -27,9 +27,14 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class SourceEntry:
+    """A file in the source; `version` changes whenever its content may have (S3 ETag + LastModified, or the
+    local file's size + mtime), so a run keyed by it is redone for a re-uploaded file."""
+
     name: str
     uri: str
     size: int
+    version: str = ""
+    modified: float = 0.0  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,16 @@ class LabInput:
     index_name: str | None
     index_uri: str | None
     is_gvcf: bool
+    version: str = ""
+    index_version: str = ""
+    modified: float = 0.0
+    index_modified: float = 0.0
+
+    @property
+    def index_is_stale(self) -> bool:
+        """An index last written before its data belongs to an earlier upload of it (data is re-uploaded, the
+        index forgotten): using it would read the new bytes at the old offsets."""
+        return self.index_uri is not None and self.index_modified < self.modified
 
 
 def list_source(source: str, *, s3_client=None) -> list[SourceEntry]:
@@ -51,9 +66,13 @@ def list_source(source: str, *, s3_client=None) -> list[SourceEntry]:
     root = Path(source.removeprefix("file://")).expanduser()
     if not root.is_dir():
         raise SourceError(f"source {source!r} is neither an s3://bucket/prefix nor an existing local directory")
-    return sorted(
-        (SourceEntry(p.name, str(p), p.stat().st_size) for p in root.iterdir() if p.is_file()), key=lambda e: e.name
-    )
+    entries = []
+    for p in root.iterdir():
+        if p.is_file():
+            st = p.stat()
+            entries.append(SourceEntry(p.name, str(p), st.st_size, f"size {st.st_size} mtime_ns {st.st_mtime_ns}",
+                                       st.st_mtime))
+    return sorted(entries, key=lambda e: e.name)
 
 
 def _list_s3(source: str, client) -> list[SourceEntry]:
@@ -72,7 +91,10 @@ def _list_s3(source: str, client) -> list[SourceEntry]:
             for obj in page.get("Contents", []):
                 name = obj["Key"][len(prefix) :]
                 if name:
-                    entries.append(SourceEntry(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"])))
+                    modified = obj.get("LastModified")
+                    version = f"etag {str(obj.get('ETag', '')).strip(chr(34))} modified {modified}"
+                    entries.append(SourceEntry(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), version,
+                                               modified.timestamp() if modified else 0.0))
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3_error(source, exc) from exc
     return sorted(entries, key=lambda e: e.name)
@@ -139,4 +161,8 @@ def find_input(source: str, sample_id: str, *, kind: Kind = "small", file: str |
         index_name=index.name if index else None,
         index_uri=index.uri if index else None,
         is_gvcf=chosen.name.endswith((".g.vcf.gz", ".gvcf.gz")),
+        version=chosen.version,
+        index_version=index.version if index else "",
+        modified=chosen.modified,
+        index_modified=index.modified if index else 0.0,
     )

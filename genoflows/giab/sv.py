@@ -1,7 +1,7 @@
 """Structural variants: `truvari bench` of the lab's SV calls against a truth set, ALL and PASS views.
 
-truvari refuses an existing output directory, so each run writes to a temporary directory that is renamed
-into place; a rerun replaces the previous result.
+truvari refuses an existing output directory, so each call writes to a temporary directory that is renamed
+into place. (The flow gives every run its own run directory, so a finished result is never replaced.)
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def run_truvari(
 ) -> SvResult:
     """Bench `query_vcf` against `truth_vcf` twice: all calls (`truvari/`) and PASS calls only (`truvari-pass/`)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # truvari creates only its own directory, not its parents
     work = out_dir / "work"
     if reference is not None:
         truth_vcf, query_vcf, include_bed = harmonise_inputs(

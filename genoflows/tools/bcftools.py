@@ -12,12 +12,13 @@ TOOL = "bcftools"
 
 
 def _out_type(path: Path) -> str:
-    """`-O` value from the output name: .bcf -> b, .vcf.gz -> z, else v."""
+    """`-O` value from the output name: .ubcf -> u (uncompressed BCF, for files passed between steps: no
+    compression to pay for), .bcf -> b, .vcf.gz -> z, else v."""
     name = str(path)
-    return "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
+    return "u" if name.endswith(".ubcf") else "b" if name.endswith(".bcf") else "z" if name.endswith(".gz") else "v"
 
 
-def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> list[str]:
+def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None, threads: int | None = None) -> list[str]:
     """gVCF (or VCF) -> variant sites only: drop reference blocks and no-calls, trim `<NON_REF>`/`<*>`.
 
     `-i 'GT="alt"'` keeps records whose genotype carries an ALT allele (reference blocks are 0/0 or ./.);
@@ -26,6 +27,8 @@ def gvcf_to_variants_argv(src: Path, dst: Path, sample: str | None = None) -> li
     argv = [TOOL, "view", "-i", 'GT="alt"', "--trim-alt-alleles"]
     if sample:
         argv += ["-s", sample]
+    if threads:
+        argv += ["--threads", str(threads)]  # BGZF (de)compression threads: most of this step's time
     return argv + ["-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
@@ -46,12 +49,13 @@ def atomize_argv(src: Path, dst: Path, reference: Path) -> list[str]:
     return [TOOL, "norm", "-f", str(reference), "-a", "-c", "e", "-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
-def sort_argv(src: Path, dst: Path, tmp_dir: Path) -> list[str]:
+def sort_argv(src: Path, dst: Path, tmp_dir: Path, max_mem: str = "300M") -> list[str]:
     """Coordinate-sort (atomizing and left-aligning can move records past their neighbours).
 
-    `-T` is a prefix in 1.16 (`<dir>/sort.XXXXXX` is created), so temporary files stay under `tmp_dir`.
+    `-T` is a prefix in 1.16 (`<dir>/sort.XXXXXX` is created), so temporary files stay under `tmp_dir`. `-m` caps
+    the in-memory buffer (default 768M) so a whole genome spills to `tmp_dir` instead of holding it all.
     """
-    return [TOOL, "sort", "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
+    return [TOOL, "sort", "-m", max_mem, "-T", f"{tmp_dir}/sort.", "-O", _out_type(dst), "-o", str(dst), str(src)]
 
 
 def index_argv(path: Path, csi: bool = False, out: Path | None = None) -> list[str]:
@@ -71,6 +75,22 @@ def rename_chrs_argv(src: Path, dst: Path, mapping_file: Path) -> list[str]:
 def view_regions_argv(src: Path, dst: Path, bed: Path, *, streaming: bool = False) -> list[str]:
     """Keep records overlapping `bed`: `-R` uses the index (jumps), `-T` streams (no index needed)."""
     return [TOOL, "view", "-T" if streaming else "-R", str(bed), "-O", _out_type(dst), "-o", str(dst), str(src)]
+
+
+def query_argv(src: Path, fmt: str, *, region: str | None = None, sample: str | None = None) -> list[str]:
+    """`bcftools query -f FMT [-r REGION] [-s SAMPLE]`: one line per record on stdout, for column-wise reading."""
+    argv = [TOOL, "query", "-f", fmt]
+    if region is not None:
+        argv += ["-r", region]
+    if sample is not None:
+        argv += ["-s", sample]
+    return argv + [str(src)]
+
+
+def isec_argv(a: Path, b: Path, out_dir: Path) -> list[str]:
+    """`bcftools isec -p DIR A B`: records private to A, private to B and shared (by position and alleles);
+    the benchmark's yardstick for the local engine's matching step."""
+    return [TOOL, "isec", "-p", str(out_dir), str(a), str(b)]
 
 
 def samples_argv(src: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """hap.py (Illumina, v0.3.15): command line and the summary.csv format.
 
-hap.py is Python 2 and only ships as Bioconda/Docker (spec section 3), so it runs from PATH or a configured
+hap.py is Python 2 and only ships as Bioconda/Docker (docs/giab-benchmarking.md, "hap.py"), so it runs from PATH or a configured
 image (`GENOFLOWS_TOOL_IMAGES='{"hap.py": "jmcdani20/hap.py:v0.3.12"}'`). The local engine writes the same
 summary.csv (`write_summary`), so everything downstream reads one format through `parse_summary`.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 TOOL = "hap.py"
 
-# qfy.py `summary_columns` in v0.3.15, in order (spec section 3). Older hap.py lacks FP.al / METRIC.F1_Score.
+# qfy.py `summary_columns` in v0.3.15, in order (docs/giab-benchmarking.md). Older hap.py lacks FP.al / METRIC.F1_Score.
 SUMMARY_COLUMNS = [
     "Type",
     "Filter",
@@ -67,7 +67,7 @@ def happy_argv(
     pass_only: bool = False,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """`hap.py TRUTH QUERY -r REF -f CONF -o PREFIX --engine E --threads N` (spec section 3).
+    """`hap.py TRUTH QUERY -r REF -f CONF -o PREFIX --engine E --threads N` (docs/giab-benchmarking.md, "hap.py").
 
     `-f` confident regions are applied after matching (outside -> UNK), unlike -R/-T. The query has already
     been converted from gVCF and its contigs renamed, so --convert-gvcf-query and --fixchr are not needed.

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 TOOL = "truvari"
-# StatsBox keys in truvari/bench.py order (spec section 4); gt_matrix is nested and left out of the metrics.
+# StatsBox keys in truvari/bench.py order (docs/giab-benchmarking.md, "truvari"); gt_matrix is nested and left out of the metrics.
 SCALAR_KEYS = [
     "TP-base",
     "TP-comp",
