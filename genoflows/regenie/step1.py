@@ -226,11 +226,13 @@ def fit_step1(
             if raw is None or raw.shape != (n, len(blk.ids)):
                 got = None if raw is None else raw.shape
                 raise RegenieError(f"genotype block {b + 1} has shape {got}, expected {(n, len(blk.ids))}.")
-            g = _as_block(raw, in_analysis, basis, n_analyzed, blk.ids)
+            g = _impute_block(raw, in_analysis)
+            prod, scale = ridge.block_products(g, y, basis, [(0, n)] if loocv else bounds, n_analyzed)
+            _check_variance(scale, blk.ids)
             if loocv:
-                pred = ridge.level0_loocv(g, y, lambdas)
+                pred = ridge.level0_loocv(prod, y, lambdas)
             else:
-                pred = ridge.level0_kfold(g, y, mask, bounds, lambdas)
+                pred = ridge.level0_kfold(prod, mask, bounds, lambdas)
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
@@ -282,28 +284,37 @@ def _check_blocks(blocks: Sequence[Block], n_chrom: int) -> None:
             prev = blk.chrom
 
 
-def _as_block(
-    raw: np.ndarray, in_analysis: np.ndarray, basis: np.ndarray, n_analyzed: int, ids: Sequence[str]
-) -> np.ndarray:
-    """Mean-impute, zero the samples outside the analysis, residualise on Q and scale to unit variance."""
-    g = np.array(raw, dtype=np.float64, copy=True)
-    missing = np.isnan(g)
-    if missing.any():
-        keep = in_analysis[:, None] & ~missing
+def _impute_block(raw: np.ndarray, in_analysis: np.ndarray) -> np.ndarray:
+    """Mean-impute missing dosages over the analysed samples and zero the other rows (regenie's get_G).
+
+    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per block).
+    """
+    g = raw if (raw.dtype == np.float64 and raw.flags.writeable) else np.array(raw, dtype=np.float64)
+    out = ~in_analysis
+    has_out = bool(out.any())
+    colsum = g.sum(axis=0)
+    bad = np.flatnonzero(np.isnan(colsum))
+    if bad.size:
+        sub = g[:, bad]
+        miss = np.isnan(sub)
+        keep = ~miss & in_analysis[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(keep, g, 0.0).sum(axis=0) / keep.sum(axis=0)
-        g = np.where(missing, mean[None, :], g)
-    g[~in_analysis] = 0.0
-    g -= basis @ (basis.T @ g)
-    scale = np.sqrt((g * g).sum(axis=0)) / np.sqrt(n_analyzed - basis.shape[1])
+            mean = np.where(keep, sub, 0.0).sum(axis=0) / keep.sum(axis=0)
+        g[:, bad] = np.where(miss, mean[None, :], sub)
+    if has_out:
+        g[out] = 0.0
+    return g
+
+
+def _check_variance(scale: np.ndarray, ids: Sequence[str]) -> None:
+    """regenie stops on a variant whose residualised sd is below 1e-6 (monomorphic, or all-missing)."""
     low = np.flatnonzero(~(scale >= ridge.NUMTOL))
     if low.size:
+        i = int(low[0])
         raise RegenieError(
-            f"!! Uh-oh, SNP {ids[low[0]]} has low variance (={scale[low[0]]:g}). Remove monomorphic and very "
-            "rare variants from step 1 (e.g. plink2 --mac 100 --write-snplist, then --extract)."
+            f"!! Uh-oh, SNP {ids[i]} has low variance (={scale[i]:g}). Remove monomorphic and very rare "
+            "variants from step 1 (e.g. plink2 --mac 100 --write-snplist, then --extract)."
         )
-    g /= scale
-    return g
 
 
 def _check_folds_have_both_classes(
