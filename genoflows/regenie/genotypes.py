@@ -115,6 +115,18 @@ class Genotypes:
                 plan.append(run[start : start + block_size])
         return plan
 
+    def read(self, indices: np.ndarray, sample_index: np.ndarray | None = None) -> RawBlock:
+        """Read the given variants (missing = NaN) for ``sample_index`` (default: all samples)."""
+        si = np.arange(self.n_samples) if sample_index is None else np.asarray(sample_index, dtype=np.int64)
+        idx = np.asarray(indices, dtype=np.int64)
+        dos, var = self._read(idx, si)
+        return RawBlock(idx, dos, var)
+
+    @property
+    def dosage_mode(self) -> bool:
+        """True when the file can hold dosages (regenie then writes an INFO column in step 2)."""
+        return False
+
     def raw_blocks(
         self,
         block_size: int,
@@ -280,6 +292,44 @@ class PgenGenotypes(_PgenlibGenotypes):
             raise RegenieError(f"pvar file {pvar} has multi-allelic variants; split them first.")
         self.variants = _variants_frame(pvardf["CHROM"], pvardf["ID"], pvardf["POS"], pvardf["ALT"], pvardf["REF"])
         self._open_reader(pgen, self.n_samples)
+        self._dosage_mode = _pgen_dosage_present(pgen, self.n_variants)
+
+    @property
+    def dosage_mode(self) -> bool:
+        return self._dosage_mode
+
+
+def _pgen_dosage_present(pgen: Path, n_variants: int) -> bool:
+    """plink2's DosagePresent(), from the .pgen header: fixed-width modes 0x03/0x04 carry dosages; in the
+    variable-width mode (0x10/0x11) only 8-bit record types can, flagged by bits 5-6 of any record type."""
+    with open(pgen, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 3:
+            raise RegenieError(f"pgen file {pgen} is truncated.")
+        mode = head[2]
+        if mode in (0x02,):
+            return False
+        if mode in (0x03, 0x04):
+            return True
+        if len(head) < 12:
+            raise RegenieError(f"pgen file {pgen} is truncated.")
+        ctrl = head[11]
+        if (ctrl & 0xF) < 4:
+            return False  # 4-bit record types: hard calls only
+        len_bytes = (ctrl & 3) + 1
+        n_blocks = -(-n_variants // 65536)
+        fh.seek(12 + 8 * n_blocks)
+        for b in range(n_blocks):
+            nv = min(65536, n_variants - b * 65536)
+            vrtypes = fh.read(nv)
+            if len(vrtypes) < nv:
+                raise RegenieError(f"pgen file {pgen} is truncated.")
+            if np.any(np.frombuffer(vrtypes, dtype=np.uint8) & 0x60):
+                return True
+            fh.seek(nv * len_bytes, 1)
+            if (ctrl >> 4) & 3:
+                return True  # allele-count storage present: multi-allelic file, be conservative
+    return False
 
 
 def _samples_frame(fid: pd.Series, iid: pd.Series) -> pd.DataFrame:
@@ -321,6 +371,10 @@ class BgenGenotypes(Genotypes):
             raise RegenieError(
                 f"index {bgi_path} lists {len(self.variants)} variants but {self.path} holds {self._bgen.nvariants}."
             )
+
+    @property
+    def dosage_mode(self) -> bool:
+        return True
 
     def _check_header(self) -> None:
         with open(self.path, "rb") as fh:
