@@ -267,7 +267,7 @@ def _set_threads(n: int | None) -> None:
 def run(argv: Sequence[str], log: RunLog) -> None:
     from genoflows.regenie.genotypes import open_genotypes
     from genoflows.regenie.options import Step1Options, Step2Options
-    from genoflows.regenie.phenotypes import expand_names, load_analysis_data
+    from genoflows.regenie.phenotypes import load_analysis_data
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -287,7 +287,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
         log("WARNING: option --loocv is only used in step 1; ignored.")
 
     kind = next(k for k in ("bed", "pgen", "bgen") if getattr(args, k))
-    log(("Fitting null model" if args.step == 1 else "Association testing mode"))
+    log("Fitting null model" if args.step == 1 else "Association testing mode")
     geno = open_genotypes(kind, getattr(args, kind), args.sample, args.bgi)
     try:
         log(f" * {kind:<16}: [{getattr(args, kind)}]")

@@ -257,7 +257,7 @@ def run_step2(geno: Genotypes, data: AnalysisData, opts: Step2Options) -> list[P
             ctx = _ChromContext(geno, data, opts, c, active, locos, log)
             for blk in by_chrom[c]:
                 lines = ctx.test_block(blk, dosage, z_thr, counts)
-                for w, ls in zip(writers, lines):
+                for w, ls in zip(writers, lines, strict=True):
                     w.fh.write("".join(ls))
         for w in writers:
             w.fh.close()
