@@ -328,7 +328,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
         if args.step == 1:
             from genoflows.regenie import step1
 
-            pred = step1.run_step1(
+            step1.run_step1(
                 geno, data,
                 Step1Options(
                     out=args.out, bsize=args.bsize, variant_mask=vmask, cv_folds=args.cv, loocv=args.loocv,
@@ -336,7 +336,6 @@ def run(argv: Sequence[str], log: RunLog) -> None:
                     use_relative_path=args.use_relative_path, threads=args.threads or 1, log=log,
                 ),
             )
-            log(f"List of LOCO prediction files: [{pred}]")
         else:
             from genoflows.regenie.step2 import run_step2
 
