@@ -10,7 +10,7 @@
 * Binary traits: 0/1/NA, or 1/2/NA with ``--cc12`` (recoded to 0/1); anything else is an error.
 * Covariates: intercept + numeric columns + one dummy per non-reference level of each ``--catCovarList``
   column (≤ ``--maxCatLevels`` levels). ``basis`` is regenie's orthonormal basis Q of that design
-  (eigen-decomposition of CᵀC, eigenvalues below 1e-8 of the largest dropped), ``k`` its rank.
+  (eigen-decomposition of CᵀC, eigenvalues below 1e-15 of the largest dropped, as regenie), ``k`` its rank.
 * ``residualized_traits`` is regenie's ``residualize_phenotypes``: Y ← (Y − QQᵀY)·mask, scaled by
   sd_Y = ‖Y‖/√(N_eff − k).
 """
@@ -29,7 +29,7 @@ from genoflows.regenie.errors import RegenieError
 __all__ = ["AnalysisData", "covariate_basis", "load_analysis_data", "read_id_list", "expand_names"]
 
 _MISSING = {"NA", "nan", "NaN", "NAN", "inf", "-inf", "Inf", "-Inf", "INF", "-INF"}
-EIGEN_REL_TOL = 1e-8
+EIGEN_REL_TOL = 1e-15  # regenie param eigen_val_rel_tol
 
 
 def expand_names(spec: list[str]) -> list[str]:
@@ -120,6 +120,8 @@ class AnalysisData:
     mask: np.ndarray  # N x P bool, regenie's masked_indivs (True = sample used for that trait)
     covariates: np.ndarray  # N x c design incl. intercept (regenie new_cov before getBasis)
     covariate_names: list[str]
+    n_genotyped: int = 0  # genotyped samples left after --keep/--remove (regenie params.n_samples)
+    genotyped_index: np.ndarray | None = None  # their rows in Genotypes.samples (regenie's sample layout)
     basis: np.ndarray = field(init=False)  # N x k orthonormal basis Q
     n_removed: dict[str, int] = field(default_factory=dict)
 
@@ -305,6 +307,8 @@ def load_analysis_data(
         mask=mask,
         covariates=cov,
         covariate_names=cov_names,
+        n_genotyped=int(in_geno.sum()),
+        genotyped_index=np.flatnonzero(in_geno),
         n_removed=removed,
     )
     return data
