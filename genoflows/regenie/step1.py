@@ -53,13 +53,12 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
 def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
-    regenie keeps genotyped samples that lack phenotypes or covariates inside its sample layout (they sit
-    in the CV folds with zero genotypes); when ``data`` says which samples those are
-    (``genotyped_index``: genotype rows kept after --keep/--remove) they are laid out the same way.
+    The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
+    in file order; those without phenotypes or covariates sit inside the CV folds with zero genotypes.
     """
     y, _sd = data.residualized_traits()
     analysed = np.asarray(data.sample_index, dtype=np.int64)
-    layout = np.asarray(getattr(data, "genotyped_index", analysed), dtype=np.int64)
+    layout = analysed if data.genotyped_index is None else np.asarray(data.genotyped_index, dtype=np.int64)
     pos = np.searchsorted(layout, analysed)
     if not np.array_equal(layout[np.minimum(pos, layout.size - 1)], analysed):
         raise ValueError("analysed samples must be a subset of the genotyped samples, in genotype order")
@@ -208,7 +207,6 @@ def fit_step1(
     h2_l1 = ridge.h2_grid(settings.l1)
     lambdas = n_variants * (1 - h2_l0) / h2_l0
     n_pred = len(blocks) * settings.l0
-    log(f" * # blocks         : [{len(blocks)}] for {n_variants} variants")
     log(f" * # CV folds       : [{n_analyzed if loocv else settings.cv}]")
     log(f" * ridge data_l0    : [ {settings.l0} : {' '.join(f'{h:g}' for h in h2_l0)} ]")
     log(f" * ridge data_l1    : [ {settings.l1} : {' '.join(f'{h:g}' for h in h2_l1)} ]")
@@ -446,6 +444,8 @@ def _log_fit(fit: TraitFit, binary: bool, log: Callable[[str], None]) -> None:
         if binary:
             line += f", -logLik/N = {fit.nll[j]:g}"
         log(line + ("<- min value" if j == fit.best else ""))
+    log("  * making predictions...done")
+    log("")
 
 
 # --------------------------------------------------------------------------------------------------
