@@ -34,7 +34,7 @@ BT_LOOCV_MAX_N = 5000
 
 def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     """Fit the whole-genome model; write ``<out>_<i>.loco`` and ``<out>_pred.list``; return the list's path."""
-    traits, sample_index = traits_from_analysis(data)
+    traits, sample_index = traits_from_analysis(data, opts.log)
     plan = geno.block_plan(opts.bsize, opts.variant_mask)
     chrom = geno.variants["chrom"].to_numpy()
     ids = geno.variants["id"].to_numpy(dtype=str)
@@ -45,12 +45,19 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     # --threads: BLAS threads of the dense products (oversubscribed BLAS threads stall LAPACK badly)
     with threadpool_limits(limits=max(1, opts.threads), user_api="blas"):
         result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
+    if not any(fit.loco is not None for fit in result.fits):
+        raise RegenieError(
+            "no trait has LOCO predictions (the logistic models did not converge); nothing was written. "
+            "Check the traits' case/control counts and the covariates."
+        )
     paths = write_step1(result, opts.out, opts.use_relative_path)
     opts.log(f"List of blup files written to: [{paths[-1]}]")
     return paths[-1]
 
 
-def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
+def traits_from_analysis(
+    data: AnalysisData, log: Callable[[str], None] = lambda _line: None
+) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
     The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
@@ -85,6 +92,7 @@ def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
         y=spread(y),
         basis=basis,
         binary=bool(data.binary),
+        skipped=[False] * p,
     )
     if data.binary:
         y_raw = spread(np.where(data.mask, np.nan_to_num(data.y_raw), 0.0))
@@ -92,8 +100,11 @@ def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
         for j in range(p):
             try:
                 offset[:, j] = ridge.fit_null_logistic(y_raw[:, j], basis, mask[:, j])
-            except ridge.RidgeConvergenceError as exc:
-                raise RegenieError(f"phenotype '{data.trait_names[j]}': {exc}") from exc
+            except ridge.RidgeConvergenceError:
+                log(
+                    f"     WARNING: logistic regression did not converge for phenotype '{data.trait_names[j]}'."
+                )
+                traits.skipped[j] = True
         traits.y_raw, traits.offset = y_raw, offset
     return traits, layout
 
@@ -117,6 +128,7 @@ class Step1Traits:
     binary: bool = False
     y_raw: np.ndarray | None = None  # (n, P), BT only
     offset: np.ndarray | None = None  # (n, P), BT only
+    skipped: list[bool] = field(default_factory=list)  # BT whose null logistic fit failed: no LOCO (regenie)
 
 
 @dataclass
@@ -203,8 +215,11 @@ def fit_step1(
         if traits.binary:
             _check_folds_have_both_classes(traits, mask, bounds)
 
-    h2_l0 = ridge.h2_grid(settings.l0)
-    h2_l1 = ridge.h2_grid(settings.l1)
+    try:
+        h2_l0 = ridge.h2_grid(settings.l0)
+        h2_l1 = ridge.h2_grid(settings.l1)
+    except ValueError as exc:
+        raise RegenieError(f"{exc} (options --l0/--l1).") from exc
     lambdas = n_variants * (1 - h2_l0) / h2_l0
     n_pred = len(blocks) * settings.l0
     log(f" * # CV folds       : [{n_analyzed if loocv else settings.cv}]")
@@ -249,6 +264,8 @@ def fit_step1(
         log("")
         log(" Level 1 ridge" + (" with logistic regression..." if traits.binary else "..."))
         for p in range(n_traits):
+            if traits.skipped and traits.skipped[p]:
+                continue
             w = np.asarray(level0[p])
             fit = _level1(w, y[:, p], traits, p, mask[:, p], neff[p], ncov, taus, bounds, loocv, chrom_cols)
             fit.h2 = h2_l1
