@@ -254,14 +254,14 @@ def _is_number(tok: str) -> bool:
         return False
 
 
-def _set_threads(n: int | None) -> None:
-    if not n:
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(n)
+def _set_threads(n: int | None):
+    """BLAS threads: --threads, else regenie's default (cores - 1, at least 1). Oversubscribed BLAS threads
+    on a busy machine cost far more than they give for these thin products."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n or max(1, (os.cpu_count() or 2) - 1), user_api="blas")
 
 
 def run(argv: Sequence[str], log: RunLog) -> None:
@@ -272,7 +272,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(args)
-    _set_threads(args.threads)
+    _limits = _set_threads(args.threads)  # noqa: F841 (kept for the run's lifetime)
     t0 = time.time()
     if args.step == 1:
         for opt, val in (("--minMAC", args.minMAC is not None), ("--firth", args.firth), ("--pred", args.pred),

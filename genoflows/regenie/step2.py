@@ -362,19 +362,22 @@ class _ChromContext:
         d, opts = self.data, self.opts
         raw = self.geno.read(blk, d.sample_index)
         g = raw.dosages
-        miss = np.isnan(g)
-        has_miss = bool(miss.any())
+        total = g.sum(axis=0)
+        ns1 = np.full(g.shape[1], g.shape[0])
+        has_miss = bool(np.isnan(total).any())  # a column sum is NaN iff the column has a missing call
+        nonmiss, g0, gi = None, g, g
         if has_miss:
-            nonmiss = ~miss
+            bad = np.flatnonzero(np.isnan(total))
+            sub = g[:, bad]
+            ok_sub = ~np.isnan(sub)
+            sub0 = np.where(ok_sub, sub, 0.0)
+            ns1[bad] = ok_sub.sum(axis=0)
+            total[bad] = sub0.sum(axis=0)
+            mu = np.where(ns1[bad] > 0, total[bad] / np.maximum(ns1[bad], 1), 0.0)
+            gi = g.copy()
+            gi[:, bad] = np.where(ok_sub, sub, mu)
+            nonmiss = ~np.isnan(g)
             g0 = np.where(nonmiss, g, 0.0)
-            ns1 = nonmiss.sum(axis=0)
-            total = g0.sum(axis=0)
-            mu = np.where(ns1 > 0, total / np.maximum(ns1, 1), 0.0)
-            gi = np.where(nonmiss, g, mu)
-        else:
-            nonmiss, g0, gi = None, g, g
-            ns1 = np.full(g.shape[1], g.shape[0])
-            total = g.sum(axis=0)
         mac_all = np.minimum(total, 2 * ns1 - total)
         keep = mac_all >= opts.min_mac
         counts["low_mac"] += int((~keep).sum()) * len(self.active)
@@ -411,7 +414,8 @@ class _ChromContext:
             if not d.binary:
                 r = self.res[:, j]
                 if gt is None:
-                    num = r @ gi[:, cols] - (r @ self.q) @ qg[:, cols]
+                    allc = cols.size == gi.shape[1]
+                    num = r @ (gi if allc else gi[:, cols]) - (r @ self.q) @ (qg if allc else qg[:, cols])
                     den = sumsq[cols]
                 else:
                     gt_c = gt[:, cols]
