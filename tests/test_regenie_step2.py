@@ -160,3 +160,55 @@ def test_step1_then_step2_reproduces_regenie(trait, tmp_path, monkeypatch):
         gold = tmp_path / f"gold_{y}.regenie"
         gold.write_text("\n".join([parts[0][0]] + [ln for p in parts for ln in p[1:]]) + "\n")
         compare_regenie(tmp_path / f"s2_{y}.regenie", gold)
+
+
+def test_missing_calls_change_only_their_variant(tmp_path, monkeypatch):
+    """Missing genotype calls: N counts the called samples, A1FREQ is over them, the call is mean-imputed
+    for the test (so only that variant's statistics move); the other rows stay byte-identical."""
+    for ext in (".bim", ".fam"):
+        shutil.copy(EXAMPLE / f"example_3chr{ext}", tmp_path / f"x{ext}")
+    bed = bytearray((EXAMPLE / "example_3chr.bed").read_bytes())
+    variant = 60  # on chromosome 2
+    start = 3 + variant * 125
+    calls = []
+    for byte_i in range(4):  # samples 0-15: set the first two of every four to missing (code 01)
+        b = bed[start + byte_i]
+        for k in (0, 1):
+            calls.append((b >> (2 * k)) & 3)
+            b = (b & ~(3 << (2 * k))) | (1 << (2 * k))
+        bed[start + byte_i] = b
+    (tmp_path / "x.bed").write_bytes(bytes(bed))
+    args = ["--step", "2", "--covarFile", "covariates.txt", "--phenoFile", "phenotype.txt", "--bsize", "200", "--qt",
+            "--chr", "2", "--pred", "golden/qt3_step1_pred.list"]
+    assert run_cli([*args, "--bed", tmp_path / "x", "--out", tmp_path / "m"], monkeypatch) == 0
+    gold = (GOLDEN / "qt3_step2_chr2_Y1.regenie").read_text().splitlines()
+    mine = (tmp_path / "m_Y1.regenie").read_text().splitlines()
+    row = variant - 50 + 1  # chr 2 starts at variant 50; +1 for the header
+    assert [ln for i, ln in enumerate(mine) if i != row] == [ln for i, ln in enumerate(gold) if i != row]
+    h = gold[0].split()
+    got, before = dict(zip(h, mine[row].split(), strict=True)), dict(zip(h, gold[row].split(), strict=True))
+    assert got["ID"] == before["ID"] == f"inf_{variant - 50}"
+    assert int(got["N"]) == 500 - 8
+    dosage = {0: 2, 2: 1, 3: 0}  # .bed codes -> ALLELE1 count
+    a1_total = float(before["A1FREQ"]) * 1000 - sum(dosage[c] for c in calls)
+    assert float(got["A1FREQ"]) == pytest.approx(a1_total / (2 * 492), abs=5e-7)
+    assert got["BETA"] != before["BETA"]
+
+
+def test_extract_exclude_drop_exactly_their_rows(tmp_path, monkeypatch):
+    """--exclude (regenie's snplist_rm.txt) and --extract remove rows and change nothing else."""
+    excluded = set((EXAMPLE / "snplist_rm.txt").read_text().split())
+    (tmp_path / "keep.txt").write_text("\n".join(str(i) for i in range(1, 401)) + "\n")
+    args = ["--step", "2", "--bed", "example", "--covarFile", "covariates.txt", "--phenoFile", "phenotype_bin.txt",
+            "--remove", "fid_iid_to_remove.txt", "--bsize", "200", "--bt", "--firth", "--approx", "--pThresh", "0.01",
+            "--pred", "golden/fit_bin_out_pred.list", "--phenoCol", "Y1"]
+    assert run_cli([*args, "--exclude", "snplist_rm.txt", "--extract", tmp_path / "keep.txt", "--out", tmp_path / "f"],
+                   monkeypatch) == 0
+    header, rows = read_regenie(GOLDEN / "test_bin_out_firth_Y1.regenie")
+    keep = [i for i, c in enumerate(header) if c != "INFO"]
+    expected = [r for r in rows if r[2] not in excluded and int(r[2]) <= 400]
+    assert 0 < len(expected) < 400 and excluded & {r[2] for r in rows}
+    gold = tmp_path / "gold.regenie"
+    gold.write_text("\n".join(" ".join(r[i] for i in keep) for r in [header, *expected]) + "\n")
+    compare_regenie(tmp_path / "f_Y1.regenie", gold)
+    assert not (tmp_path / "f_Y2.regenie").exists()
