@@ -34,7 +34,7 @@ BT_LOOCV_MAX_N = 5000
 
 def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     """Fit the whole-genome model; write ``<out>_<i>.loco`` and ``<out>_pred.list``; return the list's path."""
-    traits, sample_index = traits_from_analysis(data, opts.log)
+    traits, sample_index = traits_from_analysis(data, geno.samples["key"].to_numpy(dtype=str), opts.log)
     plan = geno.block_plan(opts.bsize, opts.variant_mask)
     chrom = geno.variants["chrom"].to_numpy()
     ids = geno.variants["id"].to_numpy(dtype=str)
@@ -57,12 +57,13 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
 
 
 def traits_from_analysis(
-    data: AnalysisData, log: Callable[[str], None] = lambda _line: None
+    data: AnalysisData, genotype_keys: np.ndarray, log: Callable[[str], None] = lambda _line: None
 ) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
     The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
     in file order; those without phenotypes or covariates sit inside the CV folds with zero genotypes.
+    ``genotype_keys`` are the "FID_IID" keys of all samples in the genotype file.
     """
     y, _sd = data.residualized_traits()
     analysed = np.asarray(data.sample_index, dtype=np.int64)
@@ -79,10 +80,7 @@ def traits_from_analysis(
         out[pos] = a
         return out
 
-    keys = list(data.keys)
-    sample_ids = [""] * n
-    for i, k in zip(pos.tolist(), keys, strict=True):
-        sample_ids[i] = k
+    sample_ids = [str(k) for k in genotype_keys[layout]]  # the genotype file's keys, as regenie's header
     mask = spread(np.asarray(data.mask, dtype=bool), False)
     basis = spread(np.asarray(data.basis, dtype=np.float64))
     traits = Step1Traits(
