@@ -249,7 +249,7 @@ def fit_step1(
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
-                level0[p][:, cols] = pred[:, :, p]
+                level0[p][cols, :] = pred[:, :, p].T
 
         chrom_cols = _chromosome_columns(blocks, settings.l0)
         result = Step1Result(
@@ -266,7 +266,7 @@ def fit_step1(
         for p in range(n_traits):
             if traits.skipped and traits.skipped[p]:
                 continue
-            w = np.asarray(level0[p])
+            w = np.asarray(level0[p]).T  # samples × predictors (a column-major view)
             fit = _level1(w, y[:, p], traits, p, mask[:, p], neff[p], ncov, taus, bounds, loocv, chrom_cols)
             fit.h2 = h2_l1
             fit.loco = None if fit.loco is None else _loco(fit.loco, chrom_cols, settings.n_chrom)
@@ -352,15 +352,16 @@ def _check_folds_have_both_classes(
 def _allocate_level0(
     n_traits: int, n: int, n_pred: int, lowmem_prefix: str | None
 ) -> tuple[list[np.ndarray], list[Path]]:
-    """Level-0 predictions per trait: in memory, or with --lowmem in <prefix>_l0_Y<i> files (removed at the end)."""
+    """Level-0 predictions per trait, predictor-major (n_pred × n, so a block writes J contiguous rows):
+    in memory, or with --lowmem in <prefix>_l0_Y<i> files (regenie's name and layout), removed at the end."""
     if lowmem_prefix is None:
-        return [np.empty((n, n_pred)) for _ in range(n_traits)], []
+        return [np.empty((n_pred, n)) for _ in range(n_traits)], []
     arrays, paths = [], []
     try:
         for p in range(n_traits):
             path = Path(f"{lowmem_prefix}_l0_Y{p + 1}")
             paths.append(path)
-            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n, n_pred)))
+            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n_pred, n)))
     except OSError as exc:
         for path in paths:
             path.unlink(missing_ok=True)
