@@ -34,16 +34,17 @@ BT_LOOCV_MAX_N = 5000
 
 def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     """Fit the whole-genome model; write ``<out>_<i>.loco`` and ``<out>_pred.list``; return the list's path."""
-    traits, sample_index = traits_from_analysis(data, opts.log)
+    traits, sample_index = traits_from_analysis(data, geno.samples["key"].to_numpy(dtype=str), opts.log)
     plan = geno.block_plan(opts.bsize, opts.variant_mask)
     chrom = geno.variants["chrom"].to_numpy()
     ids = geno.variants["id"].to_numpy(dtype=str)
     blocks = [Block(int(chrom[idx[0]]), ids[idx]) for idx in plan]
     dosages = (blk.dosages for blk in geno.raw_blocks(opts.bsize, sample_index, opts.variant_mask))
-    settings = Step1Settings(cv=opts.cv_folds, loocv=opts.loocv, l0=opts.l0, l1=opts.l1)
+    threads = max(1, opts.threads)
+    settings = Step1Settings(cv=opts.cv_folds, loocv=opts.loocv, l0=opts.l0, l1=opts.l1, threads=threads)
     prefix = (opts.lowmem_prefix or opts.out) if opts.lowmem else None
     # --threads: BLAS threads of the dense products (oversubscribed BLAS threads stall LAPACK badly)
-    with threadpool_limits(limits=max(1, opts.threads), user_api="blas"):
+    with threadpool_limits(limits=threads, user_api="blas"):
         result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
     if not any(fit.loco is not None for fit in result.fits):
         raise RegenieError(
@@ -56,12 +57,13 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
 
 
 def traits_from_analysis(
-    data: AnalysisData, log: Callable[[str], None] = lambda _line: None
+    data: AnalysisData, genotype_keys: np.ndarray, log: Callable[[str], None] = lambda _line: None
 ) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
     The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
     in file order; those without phenotypes or covariates sit inside the CV folds with zero genotypes.
+    ``genotype_keys`` are the "FID_IID" keys of all samples in the genotype file.
     """
     y, _sd = data.residualized_traits()
     analysed = np.asarray(data.sample_index, dtype=np.int64)
@@ -78,10 +80,7 @@ def traits_from_analysis(
         out[pos] = a
         return out
 
-    keys = list(data.keys)
-    sample_ids = [""] * n
-    for i, k in zip(pos.tolist(), keys, strict=True):
-        sample_ids[i] = k
+    sample_ids = [str(k) for k in genotype_keys[layout]]  # the genotype file's keys, as regenie's header
     mask = spread(np.asarray(data.mask, dtype=bool), False)
     basis = spread(np.asarray(data.basis, dtype=np.float64))
     traits = Step1Traits(
@@ -140,6 +139,7 @@ class Step1Settings:
     l0: int = 5
     l1: int = 5
     n_chrom: int = N_CHROM
+    threads: int = 1  # --threads: BLAS threads, and independent factorisations run side by side
 
 
 @dataclass
@@ -245,11 +245,11 @@ def fit_step1(
             if loocv:
                 pred = ridge.level0_loocv(prod, y, lambdas)
             else:
-                pred = ridge.level0_kfold(prod, mask, bounds, lambdas)
+                pred = ridge.level0_kfold(prod, mask, bounds, lambdas, settings.threads)
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
-                level0[p][:, cols] = pred[:, :, p]
+                level0[p][cols, :] = pred[:, :, p].T
 
         chrom_cols = _chromosome_columns(blocks, settings.l0)
         result = Step1Result(
@@ -266,7 +266,7 @@ def fit_step1(
         for p in range(n_traits):
             if traits.skipped and traits.skipped[p]:
                 continue
-            w = np.asarray(level0[p])
+            w = np.asarray(level0[p]).T  # samples × predictors (a column-major view)
             fit = _level1(w, y[:, p], traits, p, mask[:, p], neff[p], ncov, taus, bounds, loocv, chrom_cols)
             fit.h2 = h2_l1
             fit.loco = None if fit.loco is None else _loco(fit.loco, chrom_cols, settings.n_chrom)
@@ -302,22 +302,22 @@ def _check_blocks(blocks: Sequence[Block], n_chrom: int) -> None:
 def _impute_block(raw: np.ndarray, in_analysis: np.ndarray) -> np.ndarray:
     """Mean-impute missing dosages over the analysed samples and zero the other rows (regenie's get_G).
 
-    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per block).
+    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per
+    block), in a few whole-array passes: missing calls are common (a few per variant) in real data.
     """
     g = raw if (raw.dtype == np.float64 and raw.flags.writeable) else np.array(raw, dtype=np.float64)
     out = ~in_analysis
-    has_out = bool(out.any())
-    colsum = g.sum(axis=0)
-    bad = np.flatnonzero(np.isnan(colsum))
-    if bad.size:
-        sub = g[:, bad]
-        miss = np.isnan(sub)
-        keep = ~miss & in_analysis[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(keep, sub, 0.0).sum(axis=0) / keep.sum(axis=0)
-        g[:, bad] = np.where(miss, mean[None, :], sub)
-    if has_out:
+    if out.any():
         g[out] = 0.0
+    colsum = g.sum(axis=0)
+    if not np.isnan(colsum).any():
+        return g
+    miss = np.isnan(g)
+    np.copyto(g, 0.0, where=miss)
+    n_obs = int(in_analysis.sum()) - miss.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = g.sum(axis=0) / n_obs
+    np.copyto(g, mean[None, :], where=miss)
     return g
 
 
@@ -352,15 +352,16 @@ def _check_folds_have_both_classes(
 def _allocate_level0(
     n_traits: int, n: int, n_pred: int, lowmem_prefix: str | None
 ) -> tuple[list[np.ndarray], list[Path]]:
-    """Level-0 predictions per trait: in memory, or with --lowmem in <prefix>_l0_Y<i> files (removed at the end)."""
+    """Level-0 predictions per trait, predictor-major (n_pred × n, so a block writes J contiguous rows):
+    in memory, or with --lowmem in <prefix>_l0_Y<i> files (regenie's name and layout), removed at the end."""
     if lowmem_prefix is None:
-        return [np.empty((n, n_pred)) for _ in range(n_traits)], []
+        return [np.empty((n_pred, n)) for _ in range(n_traits)], []
     arrays, paths = [], []
     try:
         for p in range(n_traits):
             path = Path(f"{lowmem_prefix}_l0_Y{p + 1}")
             paths.append(path)
-            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n, n_pred)))
+            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n_pred, n)))
     except OSError as exc:
         for path in paths:
             path.unlink(missing_ok=True)
@@ -470,9 +471,8 @@ def _log_fit(fit: TraitFit, binary: bool, log: Callable[[str], None]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(x: float) -> str:
-    """C++ ostream default formatting (6 significant digits), as regenie prints predictions."""
-    return f"{x:.6g}"
+#: C++ ostream default formatting (6 significant digits), as regenie prints predictions.
+_fmt = "{:.6g}".format
 
 
 def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) -> list[Path]:
@@ -495,13 +495,15 @@ def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) 
         if fit.loco is None:
             continue
         path = f"{out}_{fit.index}.loco"
-        keep = result.mask[rows, fit.index - 1]
+        masked = np.flatnonzero(~result.mask[rows, fit.index - 1]).tolist()
         with _atomic(Path(path)) as fh:
             fh.write(header)
             for c in range(fit.loco.shape[1]):
                 vals = fit.loco[rows, c]
-                cells = [_fmt(v) if k else "NA" for v, k in zip(vals.tolist(), keep.tolist(), strict=True)]
-                fh.write(f"{c + 1} " + "".join(x + " " for x in cells) + "\n")
+                cells = list(map(_fmt, vals.tolist()))
+                for i in masked:
+                    cells[i] = "NA"
+                fh.write(f"{c + 1} " + " ".join(cells) + " \n")
         written.append(Path(path))
         shown = path if use_relative_path else os.path.join(os.getcwd(), path)
         list_lines.append(f"{fit.name} {shown}\n")
