@@ -1,6 +1,6 @@
 """Numeric kernels of regenie's step 1 (level-0 ridge, level-1 ridge / ridge logistic, CV and LOOCV).
 
-Pure numpy, no I/O. Every kernel works on all traits and all shrinkage values at once with dense BLAS
+numpy/scipy, no I/O. Every kernel works on all traits and all shrinkage values at once with dense BLAS
 products; the only per-item Python loops are over folds, blocks, ridge parameters and IRLS iterations.
 Constants, stopping rules and the order of operations follow regenie v4.1.2 (src/Step1_Models.cpp,
 src/Data.cpp); docs/regenie-step1.md explains each choice.
