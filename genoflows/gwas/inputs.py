@@ -34,7 +34,7 @@ class Table:
         return [f"{r[0]}_{r[1]}" for r in self.rows]
 
     def column(self, col: str) -> list[str]:
-        i = self.columns.index(col)
+        i = self.columns.index(col) + 2  # rows start with FID, IID
         return [r[i] for r in self.rows]
 
 
