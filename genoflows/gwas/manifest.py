@@ -237,6 +237,10 @@ class StepFunctionsInput(BaseModel):
     prediction_list: str | None = Field(None, alias="predictionList")
     covariates: Covariates | None = None
 
+    _paths = field_validator("sample_manifest", "prediction_list")(
+        lambda v: None if v is None else check_relative_path(v)
+    )
+
     @model_validator(mode="after")
     def _one_source(self) -> StepFunctionsInput:
         if (self.samples is None) == (self.sample_manifest is None):
