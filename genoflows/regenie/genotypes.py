@@ -16,7 +16,8 @@ One interface for the three formats (`open_genotypes`), so step 1 and step 2 nev
 Orientation (regenie default, no ``--ref-first``): BED ``.bim`` column 5 = ALLELE1, column 6 = ALLELE0;
 PGEN ALT = ALLELE1, REF = ALLELE0; BGEN first allele = ALLELE1, last allele = ALLELE0.
 BED and PGEN are decoded by pgenlib (plink2's own reader); BGEN by cbgen, with variant offsets from the
-``.bgi`` index (an SQLite file) or, without one, from a cbgen metafile built in a temporary directory.
+``.bgi`` index (an SQLite file) or, without one, by walking the variant headers; either way every variant's
+extent is checked against the file size first (cbgen crashes on a truncated file).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import math
 import sqlite3
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +211,8 @@ class _PgenlibGenotypes(Genotypes):
                 f"lists {self.n_variants}."
             )
         self._subset: np.ndarray | None = None
+        if self.n_variants:  # pgenlib reads lazily: touch the last record now so truncation fails up front
+            self._read(np.array([self.n_variants - 1]), np.arange(min(self.n_samples, 1)))
 
     def close(self) -> None:
         reader = getattr(self, "_reader", None)
@@ -230,10 +232,16 @@ class _PgenlibGenotypes(Genotypes):
             self._subset = sorted_si
         buf = np.empty((indices.size, sorted_si.size), dtype=np.float64)
         contiguous = indices.size > 0 and indices[-1] - indices[0] + 1 == indices.size
-        if contiguous:
-            self._reader.read_dosages_range(int(indices[0]), int(indices[-1]) + 1, buf)
-        else:
-            self._reader.read_dosages_list(indices.astype(np.uint32), buf)
+        try:
+            if contiguous:
+                self._reader.read_dosages_range(int(indices[0]), int(indices[-1]) + 1, buf)
+            else:
+                self._reader.read_dosages_list(indices.astype(np.uint32), buf)
+        except RuntimeError as exc:
+            raise RegenieError(
+                f"could not read variants {indices[0] + 1}-{indices[-1] + 1} of {self.path} "
+                f"(file truncated or corrupt?): {str(exc).strip()}"
+            ) from exc
         buf[buf == -9] = np.nan
         out = buf.T
         if not np.array_equal(order, np.arange(order.size)):
@@ -358,7 +366,6 @@ class BgenGenotypes(Genotypes):
             self._bgen = cbgen.bgen_file(self.path)
         except RuntimeError as exc:
             raise RegenieError(f"could not read bgen file {self.path}: {exc}") from exc
-        self._tmp: tempfile.TemporaryDirectory | None = None
         self.samples = self._read_sample_ids(sample_file)
         bgi_path = Path(bgi) if bgi else Path(str(self.path) + ".bgi")
         if bgi is not None:
@@ -366,11 +373,7 @@ class BgenGenotypes(Genotypes):
         if bgi_path.is_file():
             self.variants, self._offsets = self._from_bgi(bgi_path)
         else:
-            self.variants, self._offsets = self._from_metafile()
-        if len(self.variants) != self._bgen.nvariants:
-            raise RegenieError(
-                f"index {bgi_path} lists {len(self.variants)} variants but {self.path} holds {self._bgen.nvariants}."
-            )
+            self.variants, self._offsets = self._from_scan()
 
     @property
     def dosage_mode(self) -> bool:
@@ -418,85 +421,67 @@ class BgenGenotypes(Genotypes):
     def _from_bgi(self, bgi: Path) -> tuple[pd.DataFrame, np.ndarray]:
         try:
             con = sqlite3.connect(f"file:{bgi}?mode=ro", uri=True)
-            rows = con.execute(
-                "SELECT chromosome, position, rsid, number_of_alleles, allele1, allele2, file_start_position "
-                "FROM Variant ORDER BY file_start_position"
-            ).fetchall()
+            rows = con.execute("SELECT file_start_position FROM Variant ORDER BY file_start_position").fetchall()
             con.close()
         except sqlite3.DatabaseError as exc:
             raise RegenieError(f"could not read bgen index file {bgi}: {exc}") from exc
-        if any(r[3] != 2 for r in rows):
-            raise RegenieError(f"bgen file {self.path} has non-biallelic variants; only bi-allelic are supported.")
-        df = pd.DataFrame(rows, columns=["chrom", "pos", "id", "nalleles", "a1", "a0", "start"])
-        starts = df["start"].to_numpy(dtype=np.int64)
-        offsets = self._genotype_offsets(starts)
-        return _variants_frame(df["chrom"], df["id"], df["pos"], df["a1"], df["a0"]), offsets
+        if len(rows) != self._nvar:
+            raise RegenieError(f"index {bgi} lists {len(rows)} variants but {self.path} holds {self._nvar}: rebuild the .bgi.")
+        return self._scan([int(r[0]) for r in rows])
 
-    def _genotype_offsets(self, starts: np.ndarray) -> np.ndarray:
-        """From each variant's start (what .bgi stores) skip the identifying block to its genotype data."""
-        out = np.empty(starts.size, dtype=np.int64)
+    def _from_scan(self) -> tuple[pd.DataFrame, np.ndarray]:
+        return self._scan(None)
+
+    def _scan(self, starts: list[int] | None) -> tuple[pd.DataFrame, np.ndarray]:
+        """Read each variant's identifying block (at the .bgi's offsets, or walking the file when there is
+        no index) and check that its genotype block lies inside the file: a truncated file fails here,
+        naming the variant, instead of inside the decoder."""
         size = self.path.stat().st_size
+        cols: dict[str, list] = {"chrom": [], "pos": [], "id": [], "a1": [], "a0": []}
+        offsets = np.empty(self._nvar, dtype=np.int64)
         with open(self.path, "rb") as fh:
-            for i, start in enumerate(starts):
-                fh.seek(int(start))
-                pos = int(start)
-                for _ in range(3):  # varid, rsid, chrom
-                    raw = fh.read(2)
-                    if len(raw) < 2:
-                        raise RegenieError(f"bgen file {self.path} is truncated (variant {i + 1}).")
-                    n = struct.unpack("<H", raw)[0]
-                    fh.seek(n, 1)
-                    pos += 2 + n
-                raw = fh.read(6)
-                if len(raw) < 6:
-                    raise RegenieError(f"bgen file {self.path} is truncated (variant {i + 1}).")
-                k = struct.unpack("<H", raw[4:6])[0]
-                pos += 6
+            fh.seek(0)
+            nxt = struct.unpack("<I", fh.read(4))[0] + 4
+            for i in range(self._nvar):
+                pos0 = starts[i] if starts is not None else nxt
+                fh.seek(pos0)
+
+                def need(n: int, _i: int = i) -> bytes:
+                    raw = fh.read(n)
+                    if len(raw) < n:
+                        raise RegenieError(f"bgen file {self.path} is truncated (variant {_i + 1} of {self._nvar}).")
+                    return raw
+
+                fields = []
+                for _ in range(3):  # variant id, rsid, chromosome
+                    n = struct.unpack("<H", need(2))[0]
+                    fields.append(need(n).decode(errors="replace"))
+                bp, k = struct.unpack("<IH", need(6))
+                if k != 2:
+                    raise RegenieError(f"bgen file {self.path} has a variant with {k} alleles; only bi-allelic variants are supported.")
+                alleles = []
                 for _ in range(k):
-                    raw = fh.read(4)
-                    if len(raw) < 4:
-                        raise RegenieError(f"bgen file {self.path} is truncated (variant {i + 1}).")
-                    n = struct.unpack("<I", raw)[0]
-                    fh.seek(n, 1)
-                    pos += 4 + n
-                if pos + 4 > size:
-                    raise RegenieError(f"bgen file {self.path} is truncated (variant {i + 1}).")
-                out[i] = pos
-        return out
-
-    def _from_metafile(self) -> tuple[pd.DataFrame, np.ndarray]:
-        import cbgen
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="genoflows-bgen-")
-        mf_path = Path(self._tmp.name) / "variants.metafile"
-        try:
-            self._bgen.create_metafile(mf_path, verbose=False)
-        except RuntimeError as exc:
-            raise RegenieError(f"could not index bgen file {self.path} (truncated?): {exc}") from exc
-        parts = []
-        with cbgen.bgen_metafile(mf_path) as mf:
-            for p in range(mf.npartitions):
-                parts.append(mf.read_partition(p).variants)
-        cat = {k: np.concatenate([getattr(v, k) for v in parts]) for k in ("chromosome", "position", "rsid", "allele_ids", "offset")}
-        alleles = [a.decode().split(",") for a in cat["allele_ids"]]
-        if any(len(a) != 2 for a in alleles):
-            raise RegenieError(f"bgen file {self.path} has non-biallelic variants; only bi-allelic are supported.")
-        df = _variants_frame(
-            pd.Series([c.decode() for c in cat["chromosome"]]),
-            pd.Series([r.decode() for r in cat["rsid"]]),
-            pd.Series(cat["position"]),
-            pd.Series([a[0] for a in alleles]),
-            pd.Series([a[1] for a in alleles]),
-        )
-        return df, cat["offset"].astype(np.int64)
+                    n = struct.unpack("<I", need(4))[0]
+                    alleles.append(need(n).decode(errors="replace"))
+                geno_at = fh.tell()
+                c = struct.unpack("<I", need(4))[0]
+                if geno_at + 4 + c > size:
+                    raise RegenieError(f"bgen file {self.path} is truncated (variant {i + 1} of {self._nvar}).")
+                nxt = geno_at + 4 + c
+                offsets[i] = geno_at
+                cols["id"].append(fields[1])
+                cols["chrom"].append(fields[2])
+                cols["pos"].append(bp)
+                cols["a1"].append(alleles[0])
+                cols["a0"].append(alleles[1])
+        df = _variants_frame(pd.Series(cols["chrom"]), pd.Series(cols["id"]), pd.Series(cols["pos"]),
+                             pd.Series(cols["a1"]), pd.Series(cols["a0"]))
+        return df, offsets
 
     def close(self) -> None:
         if getattr(self, "_bgen", None) is not None:
             self._bgen.close()
             self._bgen = None
-        if getattr(self, "_tmp", None) is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
     def _read(self, indices: np.ndarray, sample_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dos = np.empty((sample_index.size, indices.size), dtype=np.float64)

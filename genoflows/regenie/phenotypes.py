@@ -121,6 +121,7 @@ class AnalysisData:
     covariates: np.ndarray  # N x c design incl. intercept (regenie new_cov before getBasis)
     covariate_names: list[str]
     n_genotyped: int = 0  # genotyped samples left after --keep/--remove (regenie params.n_samples)
+    genotyped_index: np.ndarray | None = None  # their rows in Genotypes.samples (regenie's sample layout)
     basis: np.ndarray = field(init=False)  # N x k orthonormal basis Q
     n_removed: dict[str, int] = field(default_factory=dict)
 
@@ -307,6 +308,7 @@ def load_analysis_data(
         covariates=cov,
         covariate_names=cov_names,
         n_genotyped=int(in_geno.sum()),
+        genotyped_index=np.flatnonzero(in_geno),
         n_removed=removed,
     )
     return data

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from genoflows.regenie.errors import RegenieError
 from genoflows.regenie.genotypes import Genotypes
@@ -241,7 +241,7 @@ def run_step2(geno: Genotypes, data: AnalysisData, opts: Step2Options) -> list[P
         "CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ " + ("INFO " if dosage else "") + "N TEST BETA SE CHISQ LOG10P EXTRA\n"
     )
     writers = _open_writers(opts.out, [names[j] for j in active], header)
-    z_thr = math.sqrt(stats.chi2.isf(opts.pthresh, 1))
+    z_thr = math.sqrt(special.chdtri(1, opts.pthresh))  # regenie z_thr: chi2(1) quantile at 1 - pThresh
     counts = {"tested": 0, "firth": 0, "firth_failed": 0, "low_mac": 0}
     try:
         chroms: list[int] = []
