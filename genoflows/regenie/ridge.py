@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 #: regenie's numerical constants (src/Regenie.hpp, src/Step1_Models.hpp).
 NUMTOL = 1e-6  # line-search slack, low-variance SNP threshold
@@ -75,12 +76,20 @@ def fold_bounds(sizes: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _ridge_all(gtg: np.ndarray, gty: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
-    """β_j = (GᵀG + λ_j I)⁻¹ GᵀY for every λ_j and every trait: (b, J, P), via one eigendecomposition."""
-    d, v = np.linalg.eigh(gtg)
-    vty = v.T @ gty  # (b, P)
-    scaled = vty[:, None, :] / (d[:, None, None] + lambdas[None, :, None])  # (b, J, P)
-    b, j, p = scaled.shape
-    return (v @ scaled.reshape(b, j * p)).reshape(b, j, p)
+    """β_j = (GᵀG + λ_j I)⁻¹ GᵀY for every λ_j and every trait: (b, J, P).
+
+    One Cholesky factorisation per λ (b³/3 flops each, level-3 BLAS) rather than regenie's
+    eigendecomposition (≈ 10 b³, partly level-2): the same solution, a fraction of the cost.
+    """
+    b = gtg.shape[0]
+    out = np.empty((b, lambdas.size, gty.shape[1]))
+    a = gtg.copy()
+    diag = np.diag_indices(b)
+    base = gtg[diag].copy()
+    for j, lam in enumerate(lambdas):
+        a[diag] = base + lam
+        out[:, j, :] = cho_solve(cho_factor(a, lower=True, check_finite=False), gty, check_finite=False)
+    return out
 
 
 def level0_kfold(

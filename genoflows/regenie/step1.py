@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from genoflows.regenie import ridge
 from genoflows.regenie.errors import RegenieError
@@ -41,7 +42,9 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     dosages = (blk.dosages for blk in geno.raw_blocks(opts.bsize, sample_index, opts.variant_mask))
     settings = Step1Settings(cv=opts.cv_folds, loocv=opts.loocv, l0=opts.l0, l1=opts.l1)
     prefix = (opts.lowmem_prefix or opts.out) if opts.lowmem else None
-    result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
+    # --threads: BLAS threads of the dense products (oversubscribed BLAS threads stall LAPACK badly)
+    with threadpool_limits(limits=max(1, opts.threads), user_api="blas"):
+        result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
     paths = write_step1(result, opts.out, opts.use_relative_path)
     opts.log(f"List of blup files written to: [{paths[-1]}]")
     return paths[-1]
