@@ -28,7 +28,7 @@ def to_pgen_argv(fmt: str, path: Path, out_prefix: Path, *, sample_file: Path | 
     elif fmt == "pgen":
         source = ["--pfile", str(path)]
     elif fmt == "bgen":
-        source = ["--bgen", str(path), "ref-last"]
+        source = ["--bgen", str(path), "ref-first"]
         if sample_file:
             source += ["--sample", str(sample_file)]
         elif id_delim:
