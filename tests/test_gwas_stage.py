@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -177,3 +178,27 @@ def test_bgen_local_in_place(tmp_path):
     staged = stage_inputs(m, tmp_path / "w", run=_run([]))
     assert staged.regenie.geno_path == (src / "example_3chr.bgen").resolve()
     assert staged.regenie.sample_file == (src / "example_3chr.sample").resolve()
+
+
+def test_upload_command_puts_data_then_manifest(s3, tmp_path, capsys):
+    from genoflows.gwas.upload import main
+
+    study = tmp_path / "study"
+    (study / "geno").mkdir(parents=True)
+    for ext in ("bed", "bim", "fam"):
+        shutil.copy(EX / f"example_3chr.{ext}", study / "geno" / f"example_3chr.{ext}")
+    shutil.copy(EX / "phenotype.txt", study / "phenotype.txt")
+    manifest = {"experimentId": "up1", "s3Path": "./", "inputData": {"format": "bed", "filePrefix": "geno/example_3chr"},
+                "phenotype": {"file": "phenotype.txt", "columns": ["Y1"]}, "traitType": "qt"}
+    (study / "manifest.json").write_text(json.dumps({**manifest, "phenotype": {"file": "phenotype.txt", "columns": ["Y7"]}}))
+    assert main([str(study / "manifest.json"), "--to", f"s3://{BUCKET}/up1"]) == 2
+    assert "Y7" in capsys.readouterr().err
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="up1/")  # nothing uploaded
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    assert main([str(study / "manifest.json"), "--to", f"s3://{BUCKET}/up1"]) == 0
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="up1/")["Contents"]}
+    assert keys == {"up1/geno/example_3chr.bed", "up1/geno/example_3chr.bim", "up1/geno/example_3chr.fam",
+                    "up1/phenotype.txt", "up1/manifest.json"}
+    uploaded = load_manifest(s3.get_object(Bucket=BUCKET, Key="up1/manifest.json")["Body"].read())
+    assert uploaded.s3_path == f"s3://{BUCKET}/up1"
+    stage_inputs(uploaded, tmp_path / "w", run=_run([]))  # the uploaded dataset stages cleanly
