@@ -17,6 +17,7 @@ does not include starting a temporary server. Size the cohort so the bare run ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -45,6 +46,7 @@ def main() -> int:
     from genoflows.gwas.stage import stage_inputs
     from genoflows.settings import get_settings
     from genoflows.testing.gwas_world import make_cohort
+    from genoflows.toolrun import which
     from genoflows.tools.regenie import resolve_engine, step1_argv, step2_argv
 
     root = get_settings().data_dir.resolve() / "bench-gwas"
@@ -55,6 +57,7 @@ def main() -> int:
         print(f"generating cohort {tag} ...", flush=True)
         make_cohort(cohort_dir, n_samples=args.samples, variants_per_chrom=args.variants, chromosomes=names)
     engine = resolve_engine(args.engine)
+    engine = dataclasses.replace(engine, binary=which(engine.binary) or engine.binary)  # bare side: full path
     print(f"engine: {engine.describe()}; {args.chromosomes} chromosomes x {args.variants} variants, "
           f"{args.samples} samples, parallel {args.parallel}", flush=True)
 
