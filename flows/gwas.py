@@ -149,6 +149,7 @@ def watch_manifests(
     engine: Engine = "auto",
     out_dir: str = "gwas-results",
     aws_credentials: AwsCredentials | None = None,
+    job_variables_from_manifest: bool = False,
 ) -> list[dict]:
     """Start one `gwas` deployment run per new manifest version; overlapping watchers cannot double-start."""
     from prefect.deployments import run_deployment
@@ -163,7 +164,16 @@ def watch_manifests(
         params = {"manifest": obj.uri, "manifest_etag": obj.etag, "engine": engine, "out_dir": out_dir}
         if aws_credentials is not None:
             params["aws_credentials"] = aws_credentials
-        fr = run_deployment(name=deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=False)
+        job_variables = None
+        if job_variables_from_manifest:  # ECS/Batch pools: the manifest's vCPUs and memory size the run
+            from genoflows.gwas.manifest import load_manifest
+
+            try:
+                job_variables = load_manifest(storage.read_text(obj.uri, client), obj.uri).resources.job_variables()
+            except ManifestError:
+                pass  # the run still starts and fails with the manifest's error, where a person sees it
+        fr = run_deployment(name=deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=False,
+                            job_variables=job_variables)
         new = fr.created is not None and fr.created >= t0  # for the log only; the server decides
         log.info("%s %s -> flow run %s (%s)", "started" if new else "already started", obj.uri, fr.name, fr.id)
         started.append({"manifest": obj.uri, "etag": obj.etag, "flow_run_id": str(fr.id), "idempotency_key": key})

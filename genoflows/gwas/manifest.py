@@ -132,6 +132,10 @@ class Resources(BaseModel):
     vcpus: int = Field(2, ge=1, le=256, alias="vCPUs", description="vCPUs per regenie job (also --threads).")
     memory: int = Field(4096, ge=256, le=4_000_000, description="Memory per job in MiB.")
 
+    def job_variables(self) -> dict:
+        """ECS/Batch-style job variables (CPU units, MiB) for a deployment run on such a pool."""
+        return {"cpu": self.vcpus * 1024, "memory": self.memory}
+
 
 class Manifest(BaseModel):
     """A GWAS request: genotypes, phenotypes, covariates, trait type, step, options, resources."""
