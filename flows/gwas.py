@@ -24,9 +24,12 @@ from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from blocks.tool_images import using_tool_images
+from genoflows.fetch import PermanentFetchError
 from genoflows.gwas import storage
+from genoflows.gwas.inputs import InputError
 from genoflows.gwas.manifest import ManifestError
 from genoflows.gwas.plan import plan_units
+from genoflows.toolrun import ToolError
 from tasks.gwas import (
     ManifestChanged,
     RunLayout,
@@ -69,7 +72,8 @@ def gwas(
             manifest, manifest_etag, aws_credentials)
         layout = RunLayout.for_run(out_dir, m.experiment_id, run_id or str(runtime.flow_run.id))
         log.info("experiment %s from %s -> %s", m.experiment_id, source, layout.uri)
-        staged = stage(m, layout, aws_credentials)
+        staged = stage.with_options(**transient_retry_options(InputError, PermanentFetchError, ToolError))(
+            m, layout, aws_credentials)
         eng = pick_engine(engine)
         pred = staged.pred_list or step1(eng, staged.regenie, layout)
         units, notes = plan_units(staged.chromosomes, staged.codes, chunk_variants)

@@ -204,3 +204,12 @@ def test_unit_keys_are_safe_names():
     u = Unit("NC_036780.1", "1", 2, 3, (10, 20), 5)
     assert u.key == "chrNC_036780.1.part002of003"
     assert Unit("weird/name", "2", 0, 1, None, 1).key == "chrweird_name"
+
+
+def test_manifest_keys_and_idempotency_keys():
+    from flows.gwas import idempotency_key, is_manifest_key
+
+    assert is_manifest_key("s3://b/incoming/exp/manifest.json") and is_manifest_key("s3://b/x/exp17.manifest.json")
+    assert not is_manifest_key("s3://b/x/manifest.json.bak") and not is_manifest_key("s3://b/x/notes.json")
+    a = idempotency_key("s3://b/incoming/manifest.json", "e1")
+    assert a == "gwas-manifest:b/incoming/manifest.json@e1" != idempotency_key("s3://b/incoming/manifest.json", "e2")
