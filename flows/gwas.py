@@ -128,6 +128,9 @@ def _status_rows(units, futures, empty: list[str], eng) -> list[dict]:
             row["status"] = "failed"
             try:
                 state.result()
+            except ToolError as exc:  # the tool's own last words (regenie's ERROR: line), not its argv
+                last = next((line.strip() for line in reversed(exc.tail) if line.strip()), "no output")
+                row["message"] = f"{exc.tool} exited {exc.returncode}: {last}"[:300]
             except BaseException as exc:  # noqa: BLE001 - the message goes into the status table
                 row["message"] = str(exc).splitlines()[0][:300]
     for c in empty:
