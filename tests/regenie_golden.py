@@ -53,8 +53,8 @@ def compare_regenie(mine: Path, gold: Path) -> dict[str, float]:
     assert len(r1) == len(r2), f"{mine.name}: {len(r1)} rows, regenie wrote {len(r2)}"
     exact = [c for c in h2 if c not in ("BETA", "SE", "CHISQ", "LOG10P")]
     worst = {c: 0.0 for c in ("BETA", "SE", "CHISQ", "LOG10P")}
-    for a, b in zip(r1, r2):
-        ra, rb = dict(zip(h1, a)), dict(zip(h2, b))
+    for a, b in zip(r1, r2, strict=True):
+        ra, rb = dict(zip(h1, a, strict=True)), dict(zip(h2, b, strict=True))
         for c in exact:
             assert ra[c] == rb[c], f"{mine.name} {rb['ID']} {c}: {ra[c]} != {rb[c]}"
         for c in worst:

@@ -142,3 +142,54 @@ def test_failed_run_keeps_previous_outputs(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in work.glob("res_*.regenie")} == before
     assert not [p for p in work.iterdir() if ".tmp" in p.name]
     assert "ERROR: individual has missing predictions" in (work / "res.log").read_text()
+
+
+@pytest.mark.parametrize("trait", ["qt", "bt"])
+def test_step1_then_step2_reproduces_regenie(trait, tmp_path, monkeypatch):
+    """The whole engine: our step 1 (LOCO files) feeding our step 2 on all chromosomes gives regenie's
+    per-chromosome step-2 files concatenated (regenie's unsplit run is byte-identical to that)."""
+    pheno = "phenotype.txt" if trait == "qt" else "phenotype_bin.txt"
+    flag = ["--qt"] if trait == "qt" else ["--bt"]
+    common = ["--bed", "example_3chr", "--covarFile", "covariates.txt", "--phenoFile", pheno, *flag]
+    assert run_cli(["--step", "1", *common, "--bsize", "100", "--out", tmp_path / "s1"], monkeypatch) == 0
+    firth = [] if trait == "qt" else ["--firth", "--approx", "--pThresh", "0.05"]
+    assert run_cli(["--step", "2", *common, "--bsize", "200", *firth, "--pred", tmp_path / "s1_pred.list",
+                    "--out", tmp_path / "s2"], monkeypatch) == 0
+    for y in ("Y1", "Y2"):
+        parts = [(GOLDEN / f"{trait}3_step2_chr{c}_{y}.regenie").read_text().splitlines() for c in (1, 2, 3)]
+        gold = tmp_path / f"gold_{y}.regenie"
+        gold.write_text("\n".join([parts[0][0]] + [ln for p in parts for ln in p[1:]]) + "\n")
+        compare_regenie(tmp_path / f"s2_{y}.regenie", gold)
+
+
+def test_missing_calls_change_only_their_variant(tmp_path, monkeypatch):
+    """Missing genotype calls: N counts the called samples, A1FREQ is over them, the call is mean-imputed
+    for the test (so only that variant's statistics move); the other rows stay byte-identical."""
+    for ext in (".bim", ".fam"):
+        shutil.copy(EXAMPLE / f"example_3chr{ext}", tmp_path / f"x{ext}")
+    bed = bytearray((EXAMPLE / "example_3chr.bed").read_bytes())
+    variant = 60  # on chromosome 2
+    start = 3 + variant * 125
+    calls = []
+    for byte_i in range(4):  # samples 0-15: set the first two of every four to missing (code 01)
+        b = bed[start + byte_i]
+        for k in (0, 1):
+            calls.append((b >> (2 * k)) & 3)
+            b = (b & ~(3 << (2 * k))) | (1 << (2 * k))
+        bed[start + byte_i] = b
+    (tmp_path / "x.bed").write_bytes(bytes(bed))
+    args = ["--step", "2", "--covarFile", "covariates.txt", "--phenoFile", "phenotype.txt", "--bsize", "200", "--qt",
+            "--chr", "2", "--pred", "golden/qt3_step1_pred.list"]
+    assert run_cli([*args, "--bed", tmp_path / "x", "--out", tmp_path / "m"], monkeypatch) == 0
+    gold = (GOLDEN / "qt3_step2_chr2_Y1.regenie").read_text().splitlines()
+    mine = (tmp_path / "m_Y1.regenie").read_text().splitlines()
+    row = variant - 50 + 1  # chr 2 starts at variant 50; +1 for the header
+    assert [ln for i, ln in enumerate(mine) if i != row] == [ln for i, ln in enumerate(gold) if i != row]
+    h = gold[0].split()
+    got, before = dict(zip(h, mine[row].split(), strict=True)), dict(zip(h, gold[row].split(), strict=True))
+    assert got["ID"] == before["ID"] == f"inf_{variant - 50}"
+    assert int(got["N"]) == 500 - 8
+    dosage = {0: 2, 2: 1, 3: 0}  # .bed codes -> ALLELE1 count
+    a1_total = float(before["A1FREQ"]) * 1000 - sum(dosage[c] for c in calls)
+    assert float(got["A1FREQ"]) == pytest.approx(a1_total / (2 * 492), abs=5e-7)
+    assert got["BETA"] != before["BETA"]

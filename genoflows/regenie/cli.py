@@ -254,25 +254,25 @@ def _is_number(tok: str) -> bool:
         return False
 
 
-def _set_threads(n: int | None) -> None:
-    if not n:
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(n)
+def _set_threads(n: int | None):
+    """BLAS threads: --threads, else regenie's default (cores - 1, at least 1). Oversubscribed BLAS threads
+    on a busy machine cost far more than they give for these thin products."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n or max(1, (os.cpu_count() or 2) - 1), user_api="blas")
 
 
 def run(argv: Sequence[str], log: RunLog) -> None:
     from genoflows.regenie.genotypes import open_genotypes
     from genoflows.regenie.options import Step1Options, Step2Options
-    from genoflows.regenie.phenotypes import expand_names, load_analysis_data
+    from genoflows.regenie.phenotypes import load_analysis_data
 
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(args)
-    _set_threads(args.threads)
+    _limits = _set_threads(args.threads)  # noqa: F841 (kept for the run's lifetime)
     t0 = time.time()
     if args.step == 1:
         for opt, val in (("--minMAC", args.minMAC is not None), ("--firth", args.firth), ("--pred", args.pred),
@@ -287,7 +287,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
         log("WARNING: option --loocv is only used in step 1; ignored.")
 
     kind = next(k for k in ("bed", "pgen", "bgen") if getattr(args, k))
-    log(("Fitting null model" if args.step == 1 else "Association testing mode"))
+    log("Fitting null model" if args.step == 1 else "Association testing mode")
     geno = open_genotypes(kind, getattr(args, kind), args.sample, args.bgi)
     try:
         log(f" * {kind:<16}: [{getattr(args, kind)}]")
@@ -328,7 +328,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
         if args.step == 1:
             from genoflows.regenie import step1
 
-            pred = step1.run_step1(
+            step1.run_step1(
                 geno, data,
                 Step1Options(
                     out=args.out, bsize=args.bsize, variant_mask=vmask, cv_folds=args.cv, loocv=args.loocv,
@@ -336,7 +336,6 @@ def run(argv: Sequence[str], log: RunLog) -> None:
                     use_relative_path=args.use_relative_path, threads=args.threads or 1, log=log,
                 ),
             )
-            log(f"List of LOCO prediction files: [{pred}]")
         else:
             from genoflows.regenie.step2 import run_step2
 

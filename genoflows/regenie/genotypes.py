@@ -248,7 +248,7 @@ class _PgenlibGenotypes(Genotypes):
             inv = np.empty_like(order)
             inv[order] = np.arange(order.size)
             out = out[inv]
-        return np.ascontiguousarray(out), None
+        return out, None  # samples x variants, Fortran order (no copy)
 
 
 class BedGenotypes(_PgenlibGenotypes):

@@ -92,36 +92,90 @@ def _ridge_all(gtg: np.ndarray, gty: np.ndarray, lambdas: np.ndarray) -> np.ndar
     return out
 
 
+@dataclass
+class BlockProducts:
+    """Cross-products of one block on the residualised, unit-variance scale, per fold.
+
+    With raw dosages G (n × b), covariate basis Q and C = QᵀG, the residualised block is G̃ = G − QC and
+    the scaled one G̃D with D = diag(1/s), s = ‖g̃‖/√(N − k). Everything level 0 needs is formed from
+    GᵀG, Gᵀ[Y Q] and the k × b matrix C, so the n × b block is read by BLAS only (no residualised or
+    scaled copy of it is ever made).
+    """
+
+    g: np.ndarray  # raw dosages, rows outside the analysis zeroed (n × b)
+    basis: np.ndarray  # Q (n × k)
+    c: np.ndarray  # QᵀG (k × b)
+    inv_scale: np.ndarray  # 1/s (b,)
+    gtg_f: list[np.ndarray]  # per fold (G̃D)_fᵀ(G̃D)_f (b × b)
+    gty_f: list[np.ndarray]  # per fold (G̃D)_fᵀY_f (b × P)
+
+    def times(self, rows: slice, beta: np.ndarray) -> np.ndarray:
+        """(G̃D)[rows] @ beta for a (b × m) beta, without forming G̃D."""
+        db = beta * self.inv_scale[:, None]
+        return self.g[rows] @ db - self.basis[rows] @ (self.c @ db)
+
+
+def block_products(
+    g: np.ndarray, y: np.ndarray, basis: np.ndarray, bounds: list[tuple[int, int]], n_analyzed: int
+) -> tuple[BlockProducts, np.ndarray]:
+    """Per-fold residualised and scaled cross-products of one block; also returns s (per-variant scale).
+
+    ``g`` must already be mean-imputed with rows outside the analysis set to 0; ``y`` is residualised
+    (QᵀY = 0 overall, not per fold) and ``basis`` has orthonormal columns over the analysed rows.
+    """
+    p, k = y.shape[1], basis.shape[1]
+    s_f, t_f, u_f, qq_f, qy_f = [], [], [], [], []
+    for a, z in bounds:
+        gf = g[a:z]
+        s_f.append(gf.T @ gf)
+        r = gf.T @ np.hstack([y[a:z], basis[a:z]])
+        t_f.append(r[:, :p])
+        u_f.append(r[:, p:])
+        qq_f.append(basis[a:z].T @ basis[a:z])
+        qy_f.append(basis[a:z].T @ y[a:z])
+    c = np.sum(u_f, axis=0).T if k else np.zeros((0, g.shape[1]))
+    gtg_f, gty_f = [], []
+    for s, t, u, qq, qy in zip(s_f, t_f, u_f, qq_f, qy_f, strict=True):
+        uc = u @ c
+        gtg_f.append(s - uc - uc.T + c.T @ (qq @ c))
+        gty_f.append(t - c.T @ qy)
+    ss = np.sum([np.diag(m) for m in gtg_f], axis=0)
+    with np.errstate(invalid="ignore"):
+        scale = np.sqrt(ss) / np.sqrt(n_analyzed - k)
+    inv = 1.0 / scale
+    gtg_f = [m * inv[:, None] * inv[None, :] for m in gtg_f]
+    gty_f = [m * inv[:, None] for m in gty_f]
+    return BlockProducts(g, basis, c, inv, gtg_f, gty_f), scale
+
+
 def level0_kfold(
-    g: np.ndarray, y: np.ndarray, mask: np.ndarray, bounds: list[tuple[int, int]], lambdas: np.ndarray
+    prod: BlockProducts, mask: np.ndarray, bounds: list[tuple[int, int]], lambdas: np.ndarray
 ) -> np.ndarray:
     """Out-of-fold level-0 predictions of one block for every ridge parameter and trait: (n, J, P).
 
-    ``g`` is the residualised, scaled block (n × b), ``y`` the residualised, scaled traits (n × P, 0 where
-    masked). Predictions of masked samples are 0 before the centring (regenie's ridge_level_0).
+    For fold f, β_j = (G̃ᵀG̃_(−f) + λ_j I)⁻¹ G̃ᵀY_(−f) on the scaled block; predictions of masked samples
+    are 0 before the centring (regenie's ridge_level_0).
     """
-    n, _ = g.shape
-    p = y.shape[1]
-    gtg_f = [g[a:z].T @ g[a:z] for a, z in bounds]
-    gty_f = [g[a:z].T @ y[a:z] for a, z in bounds]
-    gtg = np.sum(gtg_f, axis=0)
-    gty = np.sum(gty_f, axis=0)
+    n = mask.shape[0]
+    p = prod.gty_f[0].shape[1]
+    gtg = np.sum(prod.gtg_f, axis=0)
+    gty = np.sum(prod.gty_f, axis=0)
     out = np.empty((n, lambdas.size, p))
-    for (a, z), xtx, xty in zip(bounds, gtg_f, gty_f, strict=True):
+    for (a, z), xtx, xty in zip(bounds, prod.gtg_f, prod.gty_f, strict=True):
         beta = _ridge_all(gtg - xtx, gty - xty, lambdas)  # (b, J, P)
-        pred = (g[a:z] @ beta.reshape(beta.shape[0], -1)).reshape(z - a, lambdas.size, p)
+        pred = prod.times(slice(a, z), beta.reshape(beta.shape[0], -1)).reshape(z - a, lambdas.size, p)
         out[a:z] = pred * mask[a:z, None, :]
     return out
 
 
-def level0_loocv(g: np.ndarray, y: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
+def level0_loocv(prod: BlockProducts, y: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
     """Leave-one-out level-0 predictions of one block, (n, J, P), by the hat-matrix shortcut.
 
     pred_i = (x_iᵀβ − h_i y_i) / (1 − h_i) with β, h from the full-sample fit (ridge_level_0_loocv).
     """
-    d, v = np.linalg.eigh(g.T @ g)
-    wmat = v.T @ (g.T @ y)  # (b, P)
-    vtg = g @ v  # (n, b)
+    d, v = np.linalg.eigh(prod.gtg_f[0])
+    wmat = v.T @ prod.gty_f[0]  # (b, P)
+    vtg = prod.times(slice(None), v)  # (n, b) = G̃D V
     dl_inv = 1.0 / (d[:, None] + lambdas[None, :])  # (b, J)
     b, j = dl_inv.shape
     p = y.shape[1]

@@ -34,7 +34,7 @@ BT_LOOCV_MAX_N = 5000
 
 def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     """Fit the whole-genome model; write ``<out>_<i>.loco`` and ``<out>_pred.list``; return the list's path."""
-    traits, sample_index = traits_from_analysis(data)
+    traits, sample_index = traits_from_analysis(data, opts.log)
     plan = geno.block_plan(opts.bsize, opts.variant_mask)
     chrom = geno.variants["chrom"].to_numpy()
     ids = geno.variants["id"].to_numpy(dtype=str)
@@ -45,21 +45,27 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     # --threads: BLAS threads of the dense products (oversubscribed BLAS threads stall LAPACK badly)
     with threadpool_limits(limits=max(1, opts.threads), user_api="blas"):
         result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
+    if not any(fit.loco is not None for fit in result.fits):
+        raise RegenieError(
+            "no trait has LOCO predictions (the logistic models did not converge); nothing was written. "
+            "Check the traits' case/control counts and the covariates."
+        )
     paths = write_step1(result, opts.out, opts.use_relative_path)
     opts.log(f"List of blup files written to: [{paths[-1]}]")
     return paths[-1]
 
 
-def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
+def traits_from_analysis(
+    data: AnalysisData, log: Callable[[str], None] = lambda _line: None
+) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
-    regenie keeps genotyped samples that lack phenotypes or covariates inside its sample layout (they sit
-    in the CV folds with zero genotypes); when ``data`` says which samples those are
-    (``genotyped_index``: genotype rows kept after --keep/--remove) they are laid out the same way.
+    The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
+    in file order; those without phenotypes or covariates sit inside the CV folds with zero genotypes.
     """
     y, _sd = data.residualized_traits()
     analysed = np.asarray(data.sample_index, dtype=np.int64)
-    layout = np.asarray(getattr(data, "genotyped_index", analysed), dtype=np.int64)
+    layout = analysed if data.genotyped_index is None else np.asarray(data.genotyped_index, dtype=np.int64)
     pos = np.searchsorted(layout, analysed)
     if not np.array_equal(layout[np.minimum(pos, layout.size - 1)], analysed):
         raise ValueError("analysed samples must be a subset of the genotyped samples, in genotype order")
@@ -86,6 +92,7 @@ def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
         y=spread(y),
         basis=basis,
         binary=bool(data.binary),
+        skipped=[False] * p,
     )
     if data.binary:
         y_raw = spread(np.where(data.mask, np.nan_to_num(data.y_raw), 0.0))
@@ -93,8 +100,11 @@ def traits_from_analysis(data: AnalysisData) -> tuple[Step1Traits, np.ndarray]:
         for j in range(p):
             try:
                 offset[:, j] = ridge.fit_null_logistic(y_raw[:, j], basis, mask[:, j])
-            except ridge.RidgeConvergenceError as exc:
-                raise RegenieError(f"phenotype '{data.trait_names[j]}': {exc}") from exc
+            except ridge.RidgeConvergenceError:
+                log(
+                    f"     WARNING: logistic regression did not converge for phenotype '{data.trait_names[j]}'."
+                )
+                traits.skipped[j] = True
         traits.y_raw, traits.offset = y_raw, offset
     return traits, layout
 
@@ -118,6 +128,7 @@ class Step1Traits:
     binary: bool = False
     y_raw: np.ndarray | None = None  # (n, P), BT only
     offset: np.ndarray | None = None  # (n, P), BT only
+    skipped: list[bool] = field(default_factory=list)  # BT whose null logistic fit failed: no LOCO (regenie)
 
 
 @dataclass
@@ -204,11 +215,13 @@ def fit_step1(
         if traits.binary:
             _check_folds_have_both_classes(traits, mask, bounds)
 
-    h2_l0 = ridge.h2_grid(settings.l0)
-    h2_l1 = ridge.h2_grid(settings.l1)
+    try:
+        h2_l0 = ridge.h2_grid(settings.l0)
+        h2_l1 = ridge.h2_grid(settings.l1)
+    except ValueError as exc:
+        raise RegenieError(f"{exc} (options --l0/--l1).") from exc
     lambdas = n_variants * (1 - h2_l0) / h2_l0
     n_pred = len(blocks) * settings.l0
-    log(f" * # blocks         : [{len(blocks)}] for {n_variants} variants")
     log(f" * # CV folds       : [{n_analyzed if loocv else settings.cv}]")
     log(f" * ridge data_l0    : [ {settings.l0} : {' '.join(f'{h:g}' for h in h2_l0)} ]")
     log(f" * ridge data_l1    : [ {settings.l1} : {' '.join(f'{h:g}' for h in h2_l1)} ]")
@@ -226,11 +239,13 @@ def fit_step1(
             if raw is None or raw.shape != (n, len(blk.ids)):
                 got = None if raw is None else raw.shape
                 raise RegenieError(f"genotype block {b + 1} has shape {got}, expected {(n, len(blk.ids))}.")
-            g = _as_block(raw, in_analysis, basis, n_analyzed, blk.ids)
+            g = _impute_block(raw, in_analysis)
+            prod, scale = ridge.block_products(g, y, basis, [(0, n)] if loocv else bounds, n_analyzed)
+            _check_variance(scale, blk.ids)
             if loocv:
-                pred = ridge.level0_loocv(g, y, lambdas)
+                pred = ridge.level0_loocv(prod, y, lambdas)
             else:
-                pred = ridge.level0_kfold(g, y, mask, bounds, lambdas)
+                pred = ridge.level0_kfold(prod, mask, bounds, lambdas)
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
@@ -249,6 +264,8 @@ def fit_step1(
         log("")
         log(" Level 1 ridge" + (" with logistic regression..." if traits.binary else "..."))
         for p in range(n_traits):
+            if traits.skipped and traits.skipped[p]:
+                continue
             w = np.asarray(level0[p])
             fit = _level1(w, y[:, p], traits, p, mask[:, p], neff[p], ncov, taus, bounds, loocv, chrom_cols)
             fit.h2 = h2_l1
@@ -282,28 +299,37 @@ def _check_blocks(blocks: Sequence[Block], n_chrom: int) -> None:
             prev = blk.chrom
 
 
-def _as_block(
-    raw: np.ndarray, in_analysis: np.ndarray, basis: np.ndarray, n_analyzed: int, ids: Sequence[str]
-) -> np.ndarray:
-    """Mean-impute, zero the samples outside the analysis, residualise on Q and scale to unit variance."""
-    g = np.array(raw, dtype=np.float64, copy=True)
-    missing = np.isnan(g)
-    if missing.any():
-        keep = in_analysis[:, None] & ~missing
+def _impute_block(raw: np.ndarray, in_analysis: np.ndarray) -> np.ndarray:
+    """Mean-impute missing dosages over the analysed samples and zero the other rows (regenie's get_G).
+
+    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per block).
+    """
+    g = raw if (raw.dtype == np.float64 and raw.flags.writeable) else np.array(raw, dtype=np.float64)
+    out = ~in_analysis
+    has_out = bool(out.any())
+    colsum = g.sum(axis=0)
+    bad = np.flatnonzero(np.isnan(colsum))
+    if bad.size:
+        sub = g[:, bad]
+        miss = np.isnan(sub)
+        keep = ~miss & in_analysis[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(keep, g, 0.0).sum(axis=0) / keep.sum(axis=0)
-        g = np.where(missing, mean[None, :], g)
-    g[~in_analysis] = 0.0
-    g -= basis @ (basis.T @ g)
-    scale = np.sqrt((g * g).sum(axis=0)) / np.sqrt(n_analyzed - basis.shape[1])
+            mean = np.where(keep, sub, 0.0).sum(axis=0) / keep.sum(axis=0)
+        g[:, bad] = np.where(miss, mean[None, :], sub)
+    if has_out:
+        g[out] = 0.0
+    return g
+
+
+def _check_variance(scale: np.ndarray, ids: Sequence[str]) -> None:
+    """regenie stops on a variant whose residualised sd is below 1e-6 (monomorphic, or all-missing)."""
     low = np.flatnonzero(~(scale >= ridge.NUMTOL))
     if low.size:
+        i = int(low[0])
         raise RegenieError(
-            f"!! Uh-oh, SNP {ids[low[0]]} has low variance (={scale[low[0]]:g}). Remove monomorphic and very "
-            "rare variants from step 1 (e.g. plink2 --mac 100 --write-snplist, then --extract)."
+            f"!! Uh-oh, SNP {ids[i]} has low variance (={scale[i]:g}). Remove monomorphic and very rare "
+            "variants from step 1 (e.g. plink2 --mac 100 --write-snplist, then --extract)."
         )
-    g /= scale
-    return g
 
 
 def _check_folds_have_both_classes(
@@ -435,6 +461,8 @@ def _log_fit(fit: TraitFit, binary: bool, log: Callable[[str], None]) -> None:
         if binary:
             line += f", -logLik/N = {fit.nll[j]:g}"
         log(line + ("<- min value" if j == fit.best else ""))
+    log("  * making predictions...done")
+    log("")
 
 
 # --------------------------------------------------------------------------------------------------

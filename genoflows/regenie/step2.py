@@ -198,6 +198,23 @@ def firth_snp(y: np.ndarray, xg: np.ndarray, offset: np.ndarray, mask: np.ndarra
     return beta, math.sqrt(1 / s), lrt
 
 
+def _format_rows(heads: list[str], af: np.ndarray, info: np.ndarray | None, ns: np.ndarray, bhat: np.ndarray,
+                 se: np.ndarray, chisq: np.ndarray, lp: np.ndarray, fail: np.ndarray, dosage: bool) -> list[str]:
+    """regenie print_sum_stats_single: NA NA for a missing SE, NA NA for CHISQ/LOG10P of a failed test."""
+    se_ok = (np.isfinite(se) & (se >= 0)).tolist()
+    p_ok = (~fail & (chisq >= 0) & np.isfinite(lp)).tolist()
+    info_s = [fmt(x) for x in info.tolist()] if info is not None else (["1"] * len(heads) if dosage else None)
+    rows = []
+    for t, (h, a, n, b, s, c, lpv) in enumerate(
+        zip(heads, af.tolist(), ns.tolist(), bhat.tolist(), se.tolist(), chisq.tolist(), lp.tolist(), strict=True)
+    ):
+        mid = f"{fmt(a)} {info_s[t]} " if info_s is not None else f"{fmt(a)} "
+        bs = f"{fmt(b)} {fmt(s)}" if se_ok[t] else "NA NA"
+        cp = f" {fmt(c)} {fmt(lpv)}" if p_ok[t] else " NA NA"
+        rows.append(f"{h}{mid}{int(n)} ADD {bs}{cp}{' TEST_FAIL' if fail[t] else ' NA'}\n")
+    return rows
+
+
 @dataclass
 class _Writer:
     path: Path
@@ -257,7 +274,7 @@ def run_step2(geno: Genotypes, data: AnalysisData, opts: Step2Options) -> list[P
             ctx = _ChromContext(geno, data, opts, c, active, locos, log)
             for blk in by_chrom[c]:
                 lines = ctx.test_block(blk, dosage, z_thr, counts)
-                for w, ls in zip(writers, lines):
+                for w, ls in zip(writers, lines, strict=True):
                     w.fh.write("".join(ls))
         for w in writers:
             w.fh.close()
@@ -345,51 +362,68 @@ class _ChromContext:
         d, opts = self.data, self.opts
         raw = self.geno.read(blk, d.sample_index)
         g = raw.dosages
-        nonmiss = ~np.isnan(g)
-        g0 = np.where(nonmiss, g, 0.0)
-        ns1 = nonmiss.sum(axis=0)
-        total = g0.sum(axis=0)
+        total = g.sum(axis=0)
+        ns1 = np.full(g.shape[1], g.shape[0])
+        has_miss = bool(np.isnan(total).any())  # a column sum is NaN iff the column has a missing call
+        nonmiss, g0, gi = None, g, g
+        if has_miss:
+            bad = np.flatnonzero(np.isnan(total))
+            sub = g[:, bad]
+            ok_sub = ~np.isnan(sub)
+            sub0 = np.where(ok_sub, sub, 0.0)
+            ns1[bad] = ok_sub.sum(axis=0)
+            total[bad] = sub0.sum(axis=0)
+            mu = np.where(ns1[bad] > 0, total[bad] / np.maximum(ns1[bad], 1), 0.0)
+            gi = g.copy()
+            gi[:, bad] = np.where(ok_sub, sub, mu)
+            nonmiss = ~np.isnan(g)
+            g0 = np.where(nonmiss, g, 0.0)
         mac_all = np.minimum(total, 2 * ns1 - total)
-        mu = np.where(ns1 > 0, total / np.maximum(ns1, 1), 0.0)
-        gi = np.where(nonmiss, g, mu)
         keep = mac_all >= opts.min_mac
         counts["low_mac"] += int((~keep).sum()) * len(self.active)
         var = raw.dosage_var
+        full_masks = bool(self.mask[:, self.active].all())
         if not d.binary:
-            gt = gi - self.q @ (self.q.T @ gi)
-            scale = np.linalg.norm(gt, axis=0) / math.sqrt(d.n - d.k)
-            keep &= scale >= NUMTOL
-        v = self.geno.variants
-        heads = [
-            f"{v['chrom'].iat[i]} {v['pos'].iat[i]} {v['id'].iat[i]} {v['allele0'].iat[i]} {v['allele1'].iat[i]} "
-            for i in blk
-        ]
+            qg = self.q.T @ gi  # k x B
+            sumsq = np.einsum("ij,ij->j", gi, gi) - np.einsum("ij,ij->j", qg, qg)  # ‖g - QQᵀg‖²
+            keep &= np.sqrt(np.maximum(sumsq, 0) / (d.n - d.k)) >= NUMTOL
+            gt = None if full_masks else gi - self.q @ qg
+        v = self._variant_text()
         out: list[list[str]] = [[] for _ in self.active]
         for a, j in enumerate(self.active):
             m = self.mask[:, j]
-            mm = nonmiss & m[:, None]
-            ns = mm.sum(axis=0)
-            tot = np.where(mm, g0, 0.0).sum(axis=0)
+            if not has_miss and m.all():
+                ns, tot = ns1, total
+            else:
+                mm = (nonmiss if has_miss else np.ones(g.shape, dtype=bool)) & m[:, None]
+                ns = mm.sum(axis=0)
+                tot = np.where(mm, g0, 0.0).sum(axis=0)
             af = tot / np.maximum(2 * ns, 1)
             mac_t = np.minimum(tot, 2 * ns - tot)
             ok = keep & (mac_t >= opts.min_mac)
-            if dosage and var is not None:
-                vsum = np.where(mm, var, 0.0).sum(axis=0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    info = np.where((af == 0) | (af == 1), 1.0, 1 - vsum / (2 * ns * af * (1 - af)))
-            else:
-                info = None
             counts["low_mac"] += int((keep & ~ok).sum())
             cols = np.flatnonzero(ok)
             if cols.size == 0:
                 continue
-            if not d.binary:
-                gt_c = gt[:, cols]
-                num = self.res[:, j] @ gt_c
-                den = m.astype(float) @ (gt_c * gt_c)
-                tstat = num / np.sqrt(den)
-                bhat = tstat * self.scf[j] / np.sqrt(den)
+            info = None
+            if dosage and var is not None:
+                mmv = ~np.isnan(var) & m[:, None]
+                vsum = np.where(mmv, var, 0.0).sum(axis=0)
                 with np.errstate(divide="ignore", invalid="ignore"):
+                    info = np.where((af == 0) | (af == 1), 1.0, 1 - vsum / (2 * ns * af * (1 - af)))
+            if not d.binary:
+                r = self.res[:, j]
+                if gt is None:
+                    allc = cols.size == gi.shape[1]
+                    num = r @ (gi if allc else gi[:, cols]) - (r @ self.q) @ (qg if allc else qg[:, cols])
+                    den = sumsq[cols]
+                else:
+                    gt_c = gt[:, cols]
+                    num = r @ gt_c
+                    den = m.astype(float) @ (gt_c * gt_c)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    tstat = num / np.sqrt(den)
+                    bhat = tstat * self.scf[j] / np.sqrt(den)
                     se = bhat / tstat
                 chisq = tstat * tstat
                 lp = log10p_chisq1(chisq)
@@ -397,22 +431,24 @@ class _ChromContext:
             else:
                 bhat, se, chisq, lp, fail = self._bt(gi[:, cols], j, z_thr, mac_t[cols], total[cols], ns1[cols], counts)
             counts["tested"] += cols.size
-            for t, col in enumerate(cols):
-                parts = [heads[col], fmt(af[col]), " "]
-                if dosage:
-                    parts += [fmt(info[col]) if info is not None else "1", " "]
-                parts += [str(int(ns[col])), " ADD "]
-                if np.isfinite(se[t]) and se[t] >= 0:
-                    parts += [fmt(bhat[t]), " ", fmt(se[t])]
-                else:
-                    parts.append("NA NA")
-                if not fail[t] and chisq[t] >= 0 and np.isfinite(lp[t]):
-                    parts += [" ", fmt(chisq[t]), " ", fmt(lp[t])]
-                else:
-                    parts.append(" NA NA")
-                parts.append(" TEST_FAIL\n" if fail[t] else " NA\n")
-                out[a].append("".join(parts))
+            out[a] = _format_rows(
+                [v[c] for c in blk[cols].tolist()], af[cols], None if info is None else info[cols], ns[cols],
+                bhat, se, chisq, lp, fail, dosage,
+            )
         return out
+
+    def _variant_text(self) -> list[str]:
+        """``CHROM GENPOS ID ALLELE0 ALLELE1 `` of every variant, built once per run."""
+        cached = getattr(self.geno, "_regenie_heads", None)
+        if cached is None:
+            v = self.geno.variants
+            cached = [
+                f"{c} {p} {i} {a0} {a1} "
+                for c, p, i, a0, a1 in zip(v["chrom"].tolist(), v["pos"].tolist(), v["id"].tolist(),
+                                           v["allele0"].tolist(), v["allele1"].tolist(), strict=True)
+            ]
+            self.geno._regenie_heads = cached
+        return cached
 
     def _bt(self, gi: np.ndarray, j: int, z_thr: float, mac_t: np.ndarray, total: np.ndarray, ns1: np.ndarray,
             counts: dict) -> tuple[np.ndarray, ...]:
