@@ -213,3 +213,10 @@ def test_manifest_keys_and_idempotency_keys():
     assert not is_manifest_key("s3://b/x/manifest.json.bak") and not is_manifest_key("s3://b/x/notes.json")
     a = idempotency_key("s3://b/incoming/manifest.json", "e1")
     assert a == "gwas-manifest:b/incoming/manifest.json@e1" != idempotency_key("s3://b/incoming/manifest.json", "e2")
+
+
+def test_names_regenie_would_rewrite_are_recoded_too():
+    from genoflows.gwas.chromosomes import Chromosome
+
+    human = [Chromosome(n, 1, np.array([1])) for n in ("chr1", "chr2", "chrX")]
+    assert chromosome_codes(human) == {"chr1": "1", "chr2": "2", "chrX": "3"}

@@ -38,8 +38,10 @@ class Chromosome:
         return bool(np.all(np.diff(self.positions) >= 0))
 
 
-# regenie's chrStrToInt understands these (optionally with a `chr` prefix); anything else must be recoded.
-_REGENIE_NATIVE = re.compile(r"^(chr)?([1-9]|1[0-9]|2[0-2]|X|Y|XY|MT|M|PAR1|PAR2)$", re.IGNORECASE)
+# Names regenie reads and writes back unchanged. It also accepts `chr1`, `X`, `Y`, ... but prints them as
+# integers (1, 23, ...), and refuses other names: any such name makes the pipeline recode every chromosome to
+# 1..K and map the names back, so every output keeps the names of the input.
+_REGENIE_NATIVE = re.compile(r"^([1-9]|1[0-9]|2[0-2])$")
 
 
 def regenie_native(name: str) -> bool:
