@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from genoflows.gwas import storage
 from genoflows.gwas.inputs import InputError
-from genoflows.gwas.manifest import Manifest, ManifestError, load_manifest
+from genoflows.gwas.manifest import SAFE_ID, Manifest, ManifestError, load_manifest
 from genoflows.gwas.merge import merge_text, write_gz
 from genoflows.gwas.plan import Unit
 from genoflows.gwas.report import lambda_gc, lead_table, manhattan_png, qq_png, read_results, top_hits
@@ -33,6 +33,8 @@ class RunLayout:
 
     @classmethod
     def for_run(cls, out_dir: str, experiment_id: str, run_id: str) -> RunLayout:
+        if not SAFE_ID.match(run_id):
+            raise ValueError(f"run_id {run_id!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
         if storage.is_s3(out_dir):
             work = get_settings().data_dir / "gwas" / experiment_id / run_id
             return cls(storage.join(out_dir, experiment_id, run_id), work.resolve())

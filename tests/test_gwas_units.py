@@ -220,3 +220,11 @@ def test_names_regenie_would_rewrite_are_recoded_too():
 
     human = [Chromosome(n, 1, np.array([1])) for n in ("chr1", "chr2", "chrX")]
     assert chromosome_codes(human) == {"chr1": "1", "chr2": "2", "chrX": "3"}
+
+
+def test_run_id_cannot_leave_out_dir(tmp_path):
+    from tasks.gwas import RunLayout
+
+    assert RunLayout.for_run(str(tmp_path), "exp", "r1").work == tmp_path / "exp" / "r1"
+    with pytest.raises(ValueError, match="run_id"):
+        RunLayout.for_run(str(tmp_path), "exp", "../../etc")
