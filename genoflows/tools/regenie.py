@@ -66,19 +66,21 @@ def resolve_engine(choice: Literal["auto", "regenie", "builtin"] = "auto") -> En
 
 
 def _builtin_version() -> str:
+    """The genoflows package version plus what `genoflows-regenie --version` says it is compatible with."""
+    try:
+        version = metadata.version("genoflows")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        version = "source-tree"
     binary = _builtin_binary()
     if binary:
         try:
             out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
             text = (out.stdout + out.stderr).strip().splitlines()
             if out.returncode == 0 and text:
-                return text[0].strip()
+                return f"{version} {text[0].strip().removeprefix(BUILTIN).strip()}".strip()
         except (OSError, subprocess.TimeoutExpired):
             pass
-    try:
-        return f"genoflows {metadata.version('genoflows')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "genoflows (source tree)"
+    return version
 
 
 @dataclass(frozen=True)
