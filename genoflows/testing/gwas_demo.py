@@ -39,7 +39,7 @@ def run_gwas_demo(out: Path, s3_endpoint: str) -> dict:
     leads = hits[hits["lead"]].head(5)
     found = set(leads["ID"]) & set(cohort.causal)
     return {
-        "engine": record["engine_version"],
+        "engine": f"{record['engine_binary']} {record['engine_version']}",
         "chromosomes": ", ".join(c["chromosome"] for c in record["chromosomes"]),
         "lambda_gc": round(record["traits"][0]["lambda_gc"], 3),
         "lead hits": ", ".join(f"{r.ID} ({r.LOG10P:.1f})" for r in leads.itertuples()),
