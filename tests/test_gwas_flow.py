@@ -47,6 +47,8 @@ def env(moto_endpoint, tmp_path_factory, prefect_harness):
               "example_3chr.bgen.bgi", "example_3chr.sample", "example.pgen", "example.pvar", "example.psam",
               "phenotype.txt", "phenotype_bin.txt", "covariates.txt", "fid_iid_to_remove.txt"):
         s3.upload_file(str(EX / f), LAB, f"example/{f}")
+    for f in ("bt3_step1_pred.list", "bt3_step1_1.loco", "bt3_step1_2.loco"):  # regenie v4.1.2's own step 1
+        s3.upload_file(str(EX / "golden" / f), LAB, f"example/golden/{f}")
     yield s3
     for k, v in saved.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -159,8 +161,9 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
     common = {"s3Path": f"s3://{LAB}/example", "covariates": {"file": "covariates.txt"}, "traitType": "bt",
               "remove": "fid_iid_to_remove.txt", "regenieOptions": {"--bsize": 100},
               "phenotype": {"file": "phenotype_bin.txt", "columns": ["Y1"]}}
-    bgen = {"experimentId": "bgen3", **common, "inputData": {
-        "format": "bgen", "filePrefix": "example_3chr.bgen", "sampleFile": "example_3chr.sample"}}
+    bgen = {"experimentId": "bgen3", **common, "inputData": {  # step 2 only, on regenie's own step-1 predictions
+        "format": "bgen", "filePrefix": "example_3chr.bgen", "sampleFile": "example_3chr.sample"},
+        "startStep": 2, "predictionList": "golden/bt3_step1_pred.list"}
     pgen = {"experimentId": "pgen1", **common, "inputData": {"format": "pgen", "filePrefix": "example"}}
     _put_manifest(env, "incoming/bgen3/manifest.json", bgen)
     _put_manifest(env, "incoming/pgen1.manifest.json", pgen)
@@ -196,6 +199,9 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
         rows = _rows(merged)
         assert len(rows) == (500 if exp == "bgen3" else 1000)
         assert "INFO" in merged.splitlines()[0] if exp == "bgen3" else "INFO" not in merged.splitlines()[0]
+        record = json.loads(_text(env, f"s3://{RESULTS}/watched/{exp}/{fr.id}/run.json"))
+        assert record["start_step"] == (2 if exp == "bgen3" else 1) and record["manifest_etag"] == fr.parameters[
+            "manifest_etag"]
 
 
 def _standin_env(monkeypatch):
