@@ -75,7 +75,7 @@ def gwas(
         staged = stage.with_options(**transient_retry_options(InputError, PermanentFetchError, ToolError))(
             m, layout, aws_credentials)
         eng = pick_engine(engine)
-        pred = staged.pred_list or step1(eng, staged.regenie, layout)
+        pred = staged.pred_list or step1(eng, staged.regenie, layout, aws_credentials)
         units, notes = plan_units(staged.chromosomes, staged.codes, chunk_variants)
         for note in notes:
             log.warning(note)

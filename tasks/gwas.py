@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from genoflows.gwas import storage
-from genoflows.gwas.inputs import InputError
+from genoflows.gwas.inputs import InputError, read_pred_list, write_pred_list
 from genoflows.gwas.manifest import SAFE_ID, Manifest, ManifestError, load_manifest
 from genoflows.gwas.merge import merge_text, write_gz
 from genoflows.gwas.plan import Unit
@@ -100,9 +100,32 @@ def _mounts(inp: RegenieInputs) -> tuple[Path, ...]:
 
 
 @task(name="regenie-step1")
-def step1(engine: Engine, inp: RegenieInputs, layout: RunLayout) -> Path:
-    """Step 1 once, on the whole genome."""
-    return run_step1(engine, inp, layout.work / "step1", _runner(layout.work, _mounts(inp)))
+def step1(engine: Engine, inp: RegenieInputs, layout: RunLayout, aws_credentials=None) -> Path:
+    """Step 1 once, on the whole genome; with an s3:// out_dir its outputs are kept there as soon as they exist,
+    so a retry on a fresh container reuses them instead of fitting again."""
+    step1_dir = layout.work / "step1"
+    if layout.remote and not (step1_dir / "fit_pred.list").exists():
+        _restore_step1(layout, step1_dir, aws_credentials)
+    pred = run_step1(engine, inp, step1_dir, _runner(layout.work, _mounts(inp)))
+    if layout.remote:
+        client = storage.client_for(aws_credentials)
+        for _, loco in read_pred_list(pred, str(pred)):
+            storage.upload(Path(loco), storage.join(layout.uri, "step1", Path(loco).name), client)
+        storage.upload(pred, storage.join(layout.uri, "step1", pred.name), client)  # last: marks step 1 done
+    return pred
+
+
+def _restore_step1(layout: RunLayout, step1_dir: Path, aws_credentials) -> None:
+    client = storage.client_for(aws_credentials)
+    remote_pred = storage.join(layout.uri, "step1", "fit_pred.list")
+    if not storage.exists(remote_pred, client):
+        return
+    tmp = storage.download(remote_pred, step1_dir / "remote_pred.list", client)
+    rows = []
+    for trait, loco in read_pred_list(tmp, remote_pred):
+        name = Path(loco).name
+        rows.append((trait, storage.download(storage.join(layout.uri, "step1", name), step1_dir / name, client)))
+    write_pred_list(step1_dir / "fit_pred.list", rows)
 
 
 def _retry_step2(task, task_run, state) -> bool:

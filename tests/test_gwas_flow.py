@@ -114,6 +114,18 @@ def test_bed_from_an_s3_manifest_with_chunks_equal_to_an_unsplit_run(env):
     plots = read_artifacts("gwas-bed3-plots")[0].data
     assert "λGC" in plots and "Signature=" in plots  # presigned plot URLs for an s3:// out_dir
 
+    # a retry on a fresh container (no local work dir): finished steps come back from S3, nothing is recomputed
+    import shutil
+
+    shutil.rmtree(work)
+    assert gwas(manifest=uri, engine="builtin", out_dir=f"s3://{RESULTS}/runs", chunk_variants=150, run_id="r1") == out
+    prov = work / "provenance.jsonl"
+    tool_runs = [json.loads(line) for line in prov.read_text().splitlines()] if prov.exists() else []
+    assert not [r for r in tool_runs if "--step" in r["argv"]]
+    record = json.loads(_text(env, f"{out}/run.json"))
+    assert all(c["reused"] == c["parts"] for c in record["chromosomes"])
+    assert _text(env, f"{out}/Y1.regenie.gz") == merged
+
 
 def test_non_human_cohort_planted_signals_are_the_top_hits(env, tmp_path):
     from flows.gwas import gwas
