@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--bsize2", type=int, default=400, help="step-2 --bsize")
     ap.add_argument("--threads", type=int, default=1, help="threads for both engines and plink2 (1: shared machine)")
     ap.add_argument("--skip-step1", action="store_true")
+    ap.add_argument("--skip-step2", action="store_true")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: <GENOFLOWS_CACHE_DIR>/regenie-bench")
     args = ap.parse_args()
     if args.small:
@@ -174,13 +175,14 @@ def main() -> None:
     print(f"cohort: {args.samples} samples x {args.variants} variants on {args.chromosomes} chromosomes; "
           f"{args.threads} threads")
 
-    t_plink, c_plink = run_plink2(pfx, root, out / "plink2", args.threads)
-    t_s2, c_s2, mem_s2 = run_engine(["--step", "2", *common, "--bsize", str(args.bsize2), "--ignore-pred",
-                                     "--out", str(out / "step2")])
-    rows = sum(1 for _ in open(out / "step2_Y1.regenie")) - 1
-    print(f"step 2 QT : engine {t_s2:7.1f} s wall / {c_s2:7.1f} s CPU; plink2 --glm {t_plink:7.1f} s wall / "
-          f"{c_plink:7.1f} s CPU; ratio wall {t_s2 / t_plink:5.2f}, CPU {c_s2 / max(c_plink, 1e-9):5.2f} (target <= 2); "
-          f"{rows} variants tested; peak {mem_s2:.2f} GiB (target <= 2)")
+    if not args.skip_step2:
+        t_plink, c_plink = run_plink2(pfx, root, out / "plink2", args.threads)
+        t_s2, c_s2, mem_s2 = run_engine(["--step", "2", *common, "--bsize", str(args.bsize2), "--ignore-pred",
+                                         "--out", str(out / "step2")])
+        rows = sum(1 for _ in open(out / "step2_Y1.regenie")) - 1
+        print(f"step 2 QT : engine {t_s2:7.1f} s wall / {c_s2:7.1f} s CPU; plink2 --glm {t_plink:7.1f} s wall / "
+              f"{c_plink:7.1f} s CPU; ratio wall {t_s2 / t_plink:5.2f}, CPU {c_s2 / max(c_plink, 1e-9):5.2f} (target <= 2); "
+              f"{rows} variants tested; peak {mem_s2:.2f} GiB (target <= 2)")
     if not args.skip_step1:
         t_floor, c_floor = arithmetic_floor(args.samples, args.variants, args.bsize1, 2, args.threads)
         t_s1, c_s1, mem_s1 = run_engine(["--step", "1", *common, "--bsize", str(args.bsize1),

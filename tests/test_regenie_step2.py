@@ -193,3 +193,22 @@ def test_missing_calls_change_only_their_variant(tmp_path, monkeypatch):
     a1_total = float(before["A1FREQ"]) * 1000 - sum(dosage[c] for c in calls)
     assert float(got["A1FREQ"]) == pytest.approx(a1_total / (2 * 492), abs=5e-7)
     assert got["BETA"] != before["BETA"]
+
+
+def test_extract_exclude_drop_exactly_their_rows(tmp_path, monkeypatch):
+    """--exclude (regenie's snplist_rm.txt) and --extract remove rows and change nothing else."""
+    excluded = set((EXAMPLE / "snplist_rm.txt").read_text().split())
+    (tmp_path / "keep.txt").write_text("\n".join(str(i) for i in range(1, 401)) + "\n")
+    args = ["--step", "2", "--bed", "example", "--covarFile", "covariates.txt", "--phenoFile", "phenotype_bin.txt",
+            "--remove", "fid_iid_to_remove.txt", "--bsize", "200", "--bt", "--firth", "--approx", "--pThresh", "0.01",
+            "--pred", "golden/fit_bin_out_pred.list", "--phenoCol", "Y1"]
+    assert run_cli([*args, "--exclude", "snplist_rm.txt", "--extract", tmp_path / "keep.txt", "--out", tmp_path / "f"],
+                   monkeypatch) == 0
+    header, rows = read_regenie(GOLDEN / "test_bin_out_firth_Y1.regenie")
+    keep = [i for i, c in enumerate(header) if c != "INFO"]
+    expected = [r for r in rows if r[2] not in excluded and int(r[2]) <= 400]
+    assert 0 < len(expected) < 400 and excluded & {r[2] for r in rows}
+    gold = tmp_path / "gold.regenie"
+    gold.write_text("\n".join(" ".join(r[i] for i in keep) for r in [header, *expected]) + "\n")
+    compare_regenie(tmp_path / "f_Y1.regenie", gold)
+    assert not (tmp_path / "f_Y2.regenie").exists()

@@ -27,7 +27,8 @@ Stable interfaces (step 1 and the GWAS flow build on these; change them only tog
     as regenie does and returns the pred.list path. Raises ``RegenieError`` for user-facing problems.
 
 ``genoflows.regenie.loco``
-    ``read_pred_list(path) -> {trait: Path}``; ``read_loco(path, keys, chrom) -> ndarray`` (one row).
+    ``read_pred_list(path, traits) -> {trait: Path}``; ``read_loco(path, keys, chrom) -> (values, absent)``
+    (one chromosome row for the given FID_IID keys; absent samples are masked by step 2, as regenie).
 
 ``genoflows.regenie.step2``
     ``run_step2(geno, data, opts: Step2Options) -> list[Path]`` writes ``<out>_<PHENO>.regenie``.

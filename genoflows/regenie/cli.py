@@ -254,14 +254,19 @@ def _is_number(tok: str) -> bool:
         return False
 
 
-def _set_threads(n: int | None):
-    """BLAS threads: --threads, else regenie's default (cores - 1, at least 1). Oversubscribed BLAS threads
-    on a busy machine cost far more than they give for these thin products."""
+def _threads(n: int | None) -> int:
+    """--threads, else regenie's default: detected cores - 1, at least 1."""
     import os
 
+    return n or max(1, (os.cpu_count() or 2) - 1)
+
+
+def _set_threads(n: int | None):
+    """Limit BLAS threads for the whole run: oversubscribed BLAS threads on a busy machine cost far more
+    than they give for step 2's thin products."""
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=n or max(1, (os.cpu_count() or 2) - 1), user_api="blas")
+    return threadpool_limits(limits=_threads(n), user_api="blas")
 
 
 def run(argv: Sequence[str], log: RunLog) -> None:
@@ -333,7 +338,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
                 Step1Options(
                     out=args.out, bsize=args.bsize, variant_mask=vmask, cv_folds=args.cv, loocv=args.loocv,
                     l0=args.l0, l1=args.l1, lowmem=args.lowmem, lowmem_prefix=args.lowmem_prefix,
-                    use_relative_path=args.use_relative_path, threads=args.threads or 1, log=log,
+                    use_relative_path=args.use_relative_path, threads=_threads(args.threads), log=log,
                 ),
             )
         else:
@@ -349,7 +354,7 @@ def run(argv: Sequence[str], log: RunLog) -> None:
                     out=args.out, bsize=args.bsize, variant_mask=vmask,
                     pred=None if args.ignore_pred else Path(args.pred), min_mac=min_mac,
                     firth=args.firth and args.bt, approx=args.approx, pthresh=args.pThresh,
-                    threads=args.threads or 1, log=log,
+                    threads=_threads(args.threads), log=log,
                 ),
             )
             log("Association results stored separately for each trait in files : ")
