@@ -282,3 +282,27 @@ def test_binary_kfold_needs_cases_and_controls_in_every_fold():
     traits, blocks, g = _bt_traits(n, y_raw)
     res = fit_step1(blocks, iter([g[:, :20], g[:, 20:]]), traits, Step1Settings(cv=5))
     assert not res.loocv and res.n_folds == 5 and res.fits[0].loco is not None
+
+
+def test_missing_calls_take_the_mean_of_analysed_samples_only():
+    """A missing call is the variant's mean over analysed samples (not over samples without phenotypes),
+    exactly as if the caller had imputed it: same LOCO to the last bit, for K-fold and LOOCV."""
+    rng = np.random.default_rng(5)
+    n, b, k = 90, 30, 2
+    g, basis, y, in_an = _random_problem(n=n, b=b, k=k, p=1, seed=5, n_out=9)
+    g[~in_an] = 2.0  # unanalysed samples would pull the mean up if they were counted
+    holes = rng.uniform(size=g.shape) < 0.05
+    holes[~in_an] = rng.uniform(size=((~in_an).sum(), b)) < 0.5
+    with_nan = np.where(holes, np.nan, g)
+    filled = with_nan.copy()
+    for j in range(b):
+        ok = in_an & ~holes[:, j]
+        filled[holes[:, j] & in_an, j] = g[ok, j].mean()
+        filled[~in_an, j] = 7.0  # whatever unanalysed rows hold must not matter
+    traits = Step1Traits(names=["Y1"], sample_ids=[f"s{i}_s{i}" for i in range(n)], in_analysis=in_an,
+                         mask=in_an[:, None].copy(), y=y, basis=basis)
+    blocks = [Block(1, [f"a{i}" for i in range(15)]), Block(5, [f"b{i}" for i in range(15)])]
+    for settings in (Step1Settings(cv=3), Step1Settings(loocv=True)):
+        runs = [fit_step1(blocks, iter([m[:, :15].copy(), m[:, 15:].copy()]), traits, settings) for m in (with_nan, filled)]
+        np.testing.assert_array_equal(runs[0].fits[0].loco, runs[1].fits[0].loco)
+        assert np.all(np.isfinite(runs[0].fits[0].loco[in_an]))

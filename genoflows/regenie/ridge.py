@@ -9,10 +9,12 @@ src/Data.cpp); docs/regenie-step1.md explains each choice.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
+from threadpoolctl import ThreadpoolController
 
 #: regenie's numerical constants (src/Regenie.hpp, src/Step1_Models.hpp).
 NUMTOL = 1e-6  # line-search slack, low-variance SNP threshold
@@ -25,6 +27,18 @@ L1_RIDGE_EPS = 1e-5  # clipping of held-out probabilities in the CV log-likeliho
 NITER_MAX_RIDGE = 100
 NITER_MAX_LINE_SEARCH = 25  # used by the LOOCV ridge logistic fit
 NITER_MAX_LINE_SEARCH_RIDGE = 100  # used by the K-fold ridge logistic fit
+
+
+_BLAS = ThreadpoolController()  # numpy's and scipy's OpenBLAS
+
+
+def serial():
+    """Run LAPACK factorisations single-threaded.
+
+    OpenBLAS's threaded potrf/syevd synchronise finely and stall 10-100× when the cores are shared with
+    other work; parallelism comes from running independent factorisations side by side instead.
+    """
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class RidgeConvergenceError(Exception):
@@ -75,21 +89,13 @@ def fold_bounds(sizes: np.ndarray) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ridge_all(gtg: np.ndarray, gty: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
-    """β_j = (GᵀG + λ_j I)⁻¹ GᵀY for every λ_j and every trait: (b, J, P).
-
-    One Cholesky factorisation per λ (b³/3 flops each, level-3 BLAS) rather than regenie's
-    eigendecomposition (≈ 10 b³, partly level-2): the same solution, a fraction of the cost.
-    """
-    b = gtg.shape[0]
-    out = np.empty((b, lambdas.size, gty.shape[1]))
-    a = gtg.copy()
-    diag = np.diag_indices(b)
-    base = gtg[diag].copy()
-    for j, lam in enumerate(lambdas):
-        a[diag] = base + lam
-        out[:, j, :] = cho_solve(cho_factor(a, lower=True, check_finite=False), gty, check_finite=False)
-    return out
+def _ridge_solve(a: np.ndarray, rhs: np.ndarray, lam: float) -> np.ndarray:
+    """(A + λI)⁻¹ rhs by Cholesky (b³/3 flops, level-3 LAPACK); A is not modified."""
+    shifted = a.copy()
+    shifted[np.diag_indices_from(shifted)] += lam
+    return cho_solve(
+        cho_factor(shifted, lower=True, overwrite_a=True, check_finite=False), rhs, check_finite=False
+    )
 
 
 @dataclass
@@ -149,21 +155,40 @@ def block_products(
 
 
 def level0_kfold(
-    prod: BlockProducts, mask: np.ndarray, bounds: list[tuple[int, int]], lambdas: np.ndarray
+    prod: BlockProducts,
+    mask: np.ndarray,
+    bounds: list[tuple[int, int]],
+    lambdas: np.ndarray,
+    threads: int = 1,
 ) -> np.ndarray:
     """Out-of-fold level-0 predictions of one block for every ridge parameter and trait: (n, J, P).
 
-    For fold f, β_j = (G̃ᵀG̃_(−f) + λ_j I)⁻¹ G̃ᵀY_(−f) on the scaled block; predictions of masked samples
-    are 0 before the centring (regenie's ridge_level_0).
+    For fold f, β_fj = (G̃ᵀG̃_(−f) + λ_j I)⁻¹ G̃ᵀY_(−f) on the scaled block, one Cholesky per (fold, λ)
+    (regenie eigendecomposes each fold; same solution, a fraction of the cost), the K·J factorisations
+    spread over ``threads``. Predictions of masked samples are 0 before the centring (ridge_level_0).
     """
     n = mask.shape[0]
     p = prod.gty_f[0].shape[1]
+    b = prod.gtg_f[0].shape[0]
     gtg = np.sum(prod.gtg_f, axis=0)
     gty = np.sum(prod.gty_f, axis=0)
+    train = [(gtg - xtx, gty - xty) for xtx, xty in zip(prod.gtg_f, prod.gty_f, strict=True)]
+    tasks = [(f, j) for f in range(len(bounds)) for j in range(lambdas.size)]
+
+    def solve(task: tuple[int, int]) -> np.ndarray:
+        f, j = task
+        return _ridge_solve(train[f][0], train[f][1], float(lambdas[j]))
+
+    with serial():
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                betas = list(pool.map(solve, tasks))
+        else:
+            betas = [solve(t) for t in tasks]
     out = np.empty((n, lambdas.size, p))
-    for (a, z), xtx, xty in zip(bounds, prod.gtg_f, prod.gty_f, strict=True):
-        beta = _ridge_all(gtg - xtx, gty - xty, lambdas)  # (b, J, P)
-        pred = prod.times(slice(a, z), beta.reshape(beta.shape[0], -1)).reshape(z - a, lambdas.size, p)
+    for f, (a, z) in enumerate(bounds):
+        beta = np.stack(betas[f * lambdas.size : (f + 1) * lambdas.size], axis=1)  # (b, J, P)
+        pred = prod.times(slice(a, z), beta.reshape(b, -1)).reshape(z - a, lambdas.size, p)
         out[a:z] = pred * mask[a:z, None, :]
     return out
 
@@ -173,7 +198,8 @@ def level0_loocv(prod: BlockProducts, y: np.ndarray, lambdas: np.ndarray) -> np.
 
     pred_i = (x_iᵀβ − h_i y_i) / (1 − h_i) with β, h from the full-sample fit (ridge_level_0_loocv).
     """
-    d, v = np.linalg.eigh(prod.gtg_f[0])
+    with serial():
+        d, v = np.linalg.eigh(prod.gtg_f[0])
     wmat = v.T @ prod.gty_f[0]  # (b, P)
     vtg = prod.times(slice(None), v)  # (n, b) = G̃D V
     dl_inv = 1.0 / (d[:, None] + lambdas[None, :])  # (b, J)
@@ -237,7 +263,8 @@ def level1_ridge_kfold(
     xty = np.sum(xty_f, axis=0)
     betas = []
     for (a, z), x1, x2 in zip(bounds, xtx_f, xty_f, strict=True):
-        d, v = np.linalg.eigh(xtx - x1)
+        with serial():
+            d, v = np.linalg.eigh(xtx - x1)
         beta = v @ ((v.T @ (xty - x2))[:, None] / (d[:, None] + taus[None, :]))  # (K, J1)
         betas.append(beta)
         p1 = w[a:z] @ beta
@@ -253,7 +280,9 @@ def level1_ridge_kfold(
 def level1_ridge_loocv(w: np.ndarray, y: np.ndarray, taus: np.ndarray, neff: float, ncov: int) -> CVSums:
     """Level-1 ridge with LOOCV (ridge_level_1_loocv); Sy² is taken as N−k as regenie does."""
     sums = CVSums.zeros(taus.size)
-    d, v = np.linalg.eigh(w.T @ w)
+    xtx = w.T @ w
+    with serial():
+        d, v = np.linalg.eigh(xtx)
     zvec = v.T @ (w.T @ y)
     tmp = w @ v  # (n, K)
     inv = 1.0 / (d[:, None] + taus[None, :])  # (K, J1)
@@ -270,7 +299,8 @@ def loocv_ridge_predictions(w: np.ndarray, y: np.ndarray, tau: float, chrom_cols
     """Per-chromosome leave-one-out predictions of the chosen level-1 ridge (make_predictions_loocv)."""
     xtx = w.T @ w
     xtx[np.diag_indices_from(xtx)] += tau
-    d, v = np.linalg.eigh(xtx)
+    with serial():
+        d, v = np.linalg.eigh(xtx)
     inv = (v / d) @ v.T
     bvec = inv @ (w.T @ y)
     hx = w @ inv  # (n, K) = (inv Wᵀ)ᵀ
@@ -336,7 +366,8 @@ def fit_ridge_logistic(
             break
         xtwx = (x * (mf * w)[:, None]).T @ x
         xtwx[np.diag_indices(k)] += tau
-        step = np.linalg.solve(xtwx, score)
+        with serial():
+            step = np.linalg.solve(xtwx, score)
         fn_end = fn_start
         for _ in range(NITER_MAX_LINE_SEARCH):
             betanew = betaold + step
@@ -374,7 +405,8 @@ def fit_null_logistic(y: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndar
         w = np.where(mask, p * (1 - p), 1.0)
         xtw = (x * (mf * w)[:, None]).T
         z = np.where(mask, eta + (y - p) / w, 0.0)
-        new = np.linalg.lstsq(xtw @ x, xtw @ z, rcond=None)[0]
+        with serial():
+            new = np.linalg.lstsq(xtw @ x, xtw @ z, rcond=None)[0]
         for _ in range(NITER_MAX_LINE_SEARCH):
             eta = x @ new
             p = pvec(eta)
@@ -399,8 +431,8 @@ def _loo_betas(
     k = x.shape[1]
     xtwx = (x * np.where(mask, w, 0.0)[:, None]).T @ x
     xtwx[np.diag_indices(k)] += tau
-    chol = np.linalg.cholesky(xtwx)
-    v1 = np.linalg.solve(chol.T, np.linalg.solve(chol, x.T))  # (K, n)
+    with serial():
+        v1 = cho_solve(cho_factor(xtwx, lower=True, check_finite=False), x.T, check_finite=False)  # (K, n)
     v2 = (x * v1.T).sum(axis=1) * w
     r = (y - p) / (1.0 - v2)
     return v1, r
@@ -487,8 +519,8 @@ def level1_logistic_kfold(
                 xtw = (w * (mf * wv)[:, None]).T
                 xtwx = xtw @ w
                 xtwx[np.diag_indices(k)] += tau
-                chol = np.linalg.cholesky(xtwx)
-                betanew = np.linalg.solve(chol.T, np.linalg.solve(chol, xtw @ zv))
+                with serial():
+                    betanew = cho_solve(cho_factor(xtwx, lower=True, check_finite=False), xtw @ zv)
                 for _ in range(NITER_MAX_LINE_SEARCH_RIDGE):
                     p = pvec(offset + w @ betanew)
                     if not np.any(np.where(tm, p * (1 - p), 1.0) == 0):

@@ -40,10 +40,11 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     ids = geno.variants["id"].to_numpy(dtype=str)
     blocks = [Block(int(chrom[idx[0]]), ids[idx]) for idx in plan]
     dosages = (blk.dosages for blk in geno.raw_blocks(opts.bsize, sample_index, opts.variant_mask))
-    settings = Step1Settings(cv=opts.cv_folds, loocv=opts.loocv, l0=opts.l0, l1=opts.l1)
+    threads = max(1, opts.threads)
+    settings = Step1Settings(cv=opts.cv_folds, loocv=opts.loocv, l0=opts.l0, l1=opts.l1, threads=threads)
     prefix = (opts.lowmem_prefix or opts.out) if opts.lowmem else None
     # --threads: BLAS threads of the dense products (oversubscribed BLAS threads stall LAPACK badly)
-    with threadpool_limits(limits=max(1, opts.threads), user_api="blas"):
+    with threadpool_limits(limits=threads, user_api="blas"):
         result = fit_step1(blocks, dosages, traits, settings, level0_prefix=prefix, log=opts.log)
     if not any(fit.loco is not None for fit in result.fits):
         raise RegenieError(
@@ -140,6 +141,7 @@ class Step1Settings:
     l0: int = 5
     l1: int = 5
     n_chrom: int = N_CHROM
+    threads: int = 1  # --threads: BLAS threads, and independent factorisations run side by side
 
 
 @dataclass
@@ -245,7 +247,7 @@ def fit_step1(
             if loocv:
                 pred = ridge.level0_loocv(prod, y, lambdas)
             else:
-                pred = ridge.level0_kfold(prod, mask, bounds, lambdas)
+                pred = ridge.level0_kfold(prod, mask, bounds, lambdas, settings.threads)
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
@@ -302,22 +304,22 @@ def _check_blocks(blocks: Sequence[Block], n_chrom: int) -> None:
 def _impute_block(raw: np.ndarray, in_analysis: np.ndarray) -> np.ndarray:
     """Mean-impute missing dosages over the analysed samples and zero the other rows (regenie's get_G).
 
-    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per block).
+    Works in place on ``raw`` when it is a writable float64 array (the readers yield a fresh one per
+    block), in a few whole-array passes: missing calls are common (a few per variant) in real data.
     """
     g = raw if (raw.dtype == np.float64 and raw.flags.writeable) else np.array(raw, dtype=np.float64)
     out = ~in_analysis
-    has_out = bool(out.any())
-    colsum = g.sum(axis=0)
-    bad = np.flatnonzero(np.isnan(colsum))
-    if bad.size:
-        sub = g[:, bad]
-        miss = np.isnan(sub)
-        keep = ~miss & in_analysis[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(keep, sub, 0.0).sum(axis=0) / keep.sum(axis=0)
-        g[:, bad] = np.where(miss, mean[None, :], sub)
-    if has_out:
+    if out.any():
         g[out] = 0.0
+    colsum = g.sum(axis=0)
+    if not np.isnan(colsum).any():
+        return g
+    miss = np.isnan(g)
+    np.copyto(g, 0.0, where=miss)
+    n_obs = int(in_analysis.sum()) - miss.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = g.sum(axis=0) / n_obs
+    np.copyto(g, mean[None, :], where=miss)
     return g
 
 
@@ -470,9 +472,8 @@ def _log_fit(fit: TraitFit, binary: bool, log: Callable[[str], None]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(x: float) -> str:
-    """C++ ostream default formatting (6 significant digits), as regenie prints predictions."""
-    return f"{x:.6g}"
+#: C++ ostream default formatting (6 significant digits), as regenie prints predictions.
+_fmt = "{:.6g}".format
 
 
 def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) -> list[Path]:
@@ -495,13 +496,15 @@ def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) 
         if fit.loco is None:
             continue
         path = f"{out}_{fit.index}.loco"
-        keep = result.mask[rows, fit.index - 1]
+        masked = np.flatnonzero(~result.mask[rows, fit.index - 1]).tolist()
         with _atomic(Path(path)) as fh:
             fh.write(header)
             for c in range(fit.loco.shape[1]):
                 vals = fit.loco[rows, c]
-                cells = [_fmt(v) if k else "NA" for v, k in zip(vals.tolist(), keep.tolist(), strict=True)]
-                fh.write(f"{c + 1} " + "".join(x + " " for x in cells) + "\n")
+                cells = list(map(_fmt, vals.tolist()))
+                for i in masked:
+                    cells[i] = "NA"
+                fh.write(f"{c + 1} " + " ".join(cells) + " \n")
         written.append(Path(path))
         shown = path if use_relative_path else os.path.join(os.getcwd(), path)
         list_lines.append(f"{fit.name} {shown}\n")
