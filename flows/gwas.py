@@ -157,6 +157,7 @@ def watch_manifests(
     out_dir: str = "gwas-results",
     aws_credentials: AwsCredentials | None = None,
     job_variables_from_manifest: bool = False,
+    gwas_parameters: Annotated[dict | None, Field(description="More gwas parameters, e.g. {'max_parallel': 8}.")] = None,
 ) -> list[dict]:
     """Start one `gwas` deployment run per new manifest version; overlapping watchers cannot double-start."""
     from prefect.deployments import run_deployment
@@ -168,7 +169,8 @@ def watch_manifests(
     for obj in found:
         t0 = datetime.now(UTC) - timedelta(seconds=1)
         key = idempotency_key(obj.uri, obj.etag)
-        params = {"manifest": obj.uri, "manifest_etag": obj.etag, "engine": engine, "out_dir": out_dir}
+        params = {**(gwas_parameters or {}), "manifest": obj.uri, "manifest_etag": obj.etag, "engine": engine,
+                  "out_dir": out_dir}
         if aws_credentials is not None:
             params["aws_credentials"] = aws_credentials
         job_variables = None

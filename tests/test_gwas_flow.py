@@ -168,6 +168,7 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
     from prefect.flow_engine import run_flow
 
     from flows.gwas import gwas, watch_manifests
+    from genoflows.settings import get_settings
 
     deployment_id = gwas.to_deployment(name="gwas-watch-test").apply()
     common = {"s3Path": f"s3://{LAB}/example", "covariates": {"file": "covariates.txt"}, "traitType": "bt",
@@ -181,7 +182,7 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
     _put_manifest(env, "incoming/pgen1.manifest.json", pgen)
     _put_manifest(env, "incoming/notes.json", {"not": "a manifest"})
     kwargs = {"prefix": f"s3://{LAB}/incoming/", "deployment": "gwas/gwas-watch-test", "engine": "builtin",
-              "out_dir": f"s3://{RESULTS}/watched"}
+              "out_dir": f"s3://{RESULTS}/watched", "gwas_parameters": {"chunk_variants": 150}}
     results = []
     watchers = [threading.Thread(target=lambda: results.append(watch_manifests(**kwargs))) for _ in range(2)]
     for t in watchers:
@@ -211,7 +212,11 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
         rows = _rows(merged)
         assert len(rows) == (500 if exp == "bgen3" else 1000)
         assert "INFO" in merged.splitlines()[0] if exp == "bgen3" else "INFO" not in merged.splitlines()[0]
+        work = get_settings().data_dir.resolve() / "gwas" / exp / str(fr.id)  # --range chunks in BGEN/PGEN form
+        _unsplit_step2(work, work / "unsplit")
+        assert merged == (work / "unsplit_Y1.regenie").read_text()
         record = json.loads(_text(env, f"s3://{RESULTS}/watched/{exp}/{fr.id}/run.json"))
+        assert sum(c["parts"] for c in record["chromosomes"]) > len(record["chromosomes"])
         assert record["start_step"] == (2 if exp == "bgen3" else 1) and record["manifest_etag"] == fr.parameters[
             "manifest_etag"]
 
