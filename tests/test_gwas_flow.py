@@ -182,7 +182,7 @@ def test_watcher_one_run_per_manifest_version_even_when_watchers_overlap(env, tm
     _put_manifest(env, "incoming/pgen1.manifest.json", pgen)
     _put_manifest(env, "incoming/notes.json", {"not": "a manifest"})
     kwargs = {"prefix": f"s3://{LAB}/incoming/", "deployment": "gwas/gwas-watch-test", "engine": "builtin",
-              "out_dir": f"s3://{RESULTS}/watched", "gwas_parameters": {"chunk_variants": 150}}
+              "out_dir": f"s3://{RESULTS}/watched", "gwas_parameters": {"chunk_variants": 300}}
     results = []
     watchers = [threading.Thread(target=lambda: results.append(watch_manifests(**kwargs))) for _ in range(2)]
     for t in watchers:
