@@ -28,6 +28,7 @@ from genoflows.fetch import PermanentFetchError
 from genoflows.gwas import storage
 from genoflows.gwas.inputs import InputError
 from genoflows.gwas.manifest import ManifestError
+from genoflows.gwas.merge import require_rows
 from genoflows.gwas.plan import plan_units
 from genoflows.toolrun import ToolError
 from tasks.gwas import (
@@ -98,6 +99,7 @@ def gwas(
         reports = []
         for trait in staged.regenie.pheno_columns:
             merged, rows = merge_trait(trait, units, layout, staged.names)
+            require_rows(trait, rows)
             reports.append(report_trait(trait, merged, layout, eng, m.experiment_id))
         write_run_record(layout, {
             "experimentId": m.experiment_id, "manifest": source, "manifest_etag": manifest_etag,

@@ -228,3 +228,14 @@ def test_run_id_cannot_leave_out_dir(tmp_path):
     assert RunLayout.for_run(str(tmp_path), "exp", "r1").work == tmp_path / "exp" / "r1"
     with pytest.raises(ValueError, match="run_id"):
         RunLayout.for_run(str(tmp_path), "exp", "../../etc")
+
+
+def test_a_trait_with_no_tested_variant_fails(tmp_path):
+    from genoflows.gwas.merge import MergeError, require_rows
+
+    header_only = tmp_path / "chr1_Y1.regenie"
+    header_only.write_text("CHROM GENPOS ID ALLELE0 ALLELE1 A1FREQ N TEST BETA SE CHISQ LOG10P EXTRA\n")
+    _, rows = merge_text([header_only, header_only])
+    with pytest.raises(MergeError, match="trait Y1: step 2 tested no variant"):
+        require_rows("Y1", rows)
+    require_rows("Y1", 1)

@@ -47,3 +47,12 @@ def write_gz(text: str, dest: Path) -> Path:
         gz.write(text.encode())
     tmp.replace(dest)
     return dest
+
+
+def require_rows(trait: str, rows: int) -> None:
+    """A trait with no tested variant must not end green (all filtered by minMAC/extract, or no samples)."""
+    if rows == 0:
+        raise MergeError(
+            f"trait {trait}: step 2 tested no variant on any chromosome (all removed by --minMAC/--minINFO or the "
+            "variant filters, or no sample with a value); check the filters and the trait's samples"
+        )
