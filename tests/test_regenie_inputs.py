@@ -38,9 +38,10 @@ def test_bed_pgen_bgen_give_the_same_dosages_in_any_sample_order():
     assert full.mean() / 2 == pytest.approx(0.214)
 
 
-def test_bgen_with_sample_file_matches_bed():
+@pytest.mark.parametrize("name", ["example_3chr.bgen", "example_3chr_zstd.bgen"])  # zlib + .bgi; zstd, no index
+def test_bgen_with_sample_file_matches_bed(name):
     bed = open_genotypes("bed", EXAMPLE / "example_3chr")
-    bgen = open_genotypes("bgen", EXAMPLE / "example_3chr.bgen", sample_file=EXAMPLE / "example_3chr.sample")
+    bgen = open_genotypes("bgen", EXAMPLE / name, sample_file=EXAMPLE / "example_3chr.sample")
     assert list(bgen.samples["key"]) == list(bed.samples["key"])
     assert list(bgen.variants["chrom"]) == list(bed.variants["chrom"])
     for (ia, xa), (ib, xb) in zip(bed.blocks(200), bgen.blocks(200), strict=True):

@@ -79,6 +79,22 @@ def test_step1_matches_regenie(name, tmp_path, monkeypatch):
 
 
 @needs_example
+@pytest.mark.parametrize("source", ["--bgen example/example.bgen", "--pgen example/example"])
+def test_bgen_and_pgen_inputs_give_regenie_loco(source, tmp_path, monkeypatch):
+    """example.bgen (embedded FID_IID sample keys, 8-bit dosages) and example.pgen hold the calls of
+    example.bed: step 1 on them reproduces regenie's fit_bin_out LOCO files."""
+    work = _workdir(tmp_path)
+    args = GOLDEN_RUNS["fit_bin_out"].replace("--bed example/example", source).split()
+    assert run_cli(["--step", "1", *args, "--use-relative-path", "--out", "golden/fit_bin_out"], monkeypatch,
+                   cwd=work) == 0
+    for i in (1, 2):
+        header, mine = read_loco(work / "golden" / f"fit_bin_out_{i}.loco")
+        gold_header, gold = read_loco(GOLDEN / f"fit_bin_out_{i}.loco")
+        assert header == gold_header
+        assert max(np.nanmax(np.abs(mine[c] - gold[c])) for c in gold) <= LOCO_TOL
+
+
+@needs_example
 def test_missing_binary_values_are_NA_in_the_loco_and_the_rest_unchanged_by_row_order(tmp_path, monkeypatch):
     """phenotype_bin_wNA.txt: a sample with a missing Y reads NA in that trait's LOCO rows; shuffling the rows
     of the phenotype and covariate files changes nothing (samples are matched on FID_IID)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.regenie_golden import (  # noqa: F401 (regenie_example is a fixture)
@@ -212,3 +213,33 @@ def test_extract_exclude_drop_exactly_their_rows(tmp_path, monkeypatch):
     gold.write_text("\n".join(" ".join(r[i] for i in keep) for r in [header, *expected]) + "\n")
     compare_regenie(tmp_path / "f_Y1.regenie", gold)
     assert not (tmp_path / "f_Y2.regenie").exists()
+
+
+def test_quantitative_trait_with_missing_values(tmp_path, monkeypatch):
+    """QT NAs are masked per trait in step 2: Y1's N drops, Y2 (complete) is unaffected by Y1's gaps, and
+    Y1's statistics stay close to a run on the complete samples only (regenie keeps the covariate basis of
+    all analysed samples, so they are not identical)."""
+    lines = (EXAMPLE / "phenotype.txt").read_text().splitlines()
+    rng = np.random.default_rng(3)
+    holes = set(rng.choice(np.arange(1, len(lines)), size=40, replace=False).tolist())
+    out = [lines[0]]
+    for i, ln in enumerate(lines[1:], 1):
+        f = ln.split()
+        if i in holes:
+            f[2] = "NA"
+        out.append(" ".join(f))
+    (tmp_path / "p.txt").write_text("\n".join(out) + "\n")
+    base = ["--step", "2", "--bed", EXAMPLE / "example_3chr", "--covarFile", EXAMPLE / "covariates.txt", "--bsize",
+            "200", "--qt", "--chr", "2", "--ignore-pred", "--phenoFile", tmp_path / "p.txt"]
+    assert run_cli([*base, "--out", tmp_path / "both"], monkeypatch) == 0
+    assert run_cli([*base, "--phenoCol", "Y2", "--out", tmp_path / "y2"], monkeypatch) == 0
+    assert run_cli([*base, "--phenoCol", "Y1", "--out", tmp_path / "y1"], monkeypatch) == 0
+    assert (tmp_path / "both_Y2.regenie").read_text() == (tmp_path / "y2_Y2.regenie").read_text()
+    h, both = read_regenie(tmp_path / "both_Y1.regenie")
+    _, alone = read_regenie(tmp_path / "y1_Y1.regenie")
+    assert {r[h.index("N")] for r in both} == {"460"} == {r[h.index("N")] for r in alone}
+    b1 = np.array([float(r[h.index("BETA")]) for r in both])
+    b0 = np.array([float(r[h.index("BETA")]) for r in alone])
+    s0 = np.array([float(r[h.index("SE")]) for r in alone])
+    assert np.max(np.abs(b1 - b0) / s0) < 0.1
+    assert not np.array_equal(b1, b0)

@@ -234,7 +234,7 @@ def _echo_command(argv: Sequence[str], log: RunLog) -> None:
     log("Options in effect:")
     parts: list[list[str]] = []
     for tok in argv:
-        if tok.startswith("-") and not _is_number(tok):
+        if tok.startswith("--") or tok in ("-p", "-c", "-1", "-h"):
             parts.append([tok])
         elif parts:
             parts[-1].append(tok)
@@ -244,14 +244,6 @@ def _echo_command(argv: Sequence[str], log: RunLog) -> None:
         tail = " \\" if i < len(parts) - 1 else ""
         log("  " + " ".join(shlex.quote(x) for x in group) + tail)
     log("")
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-        return True
-    except ValueError:
-        return False
 
 
 def _threads(n: int | None) -> int:
@@ -378,7 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif tok.startswith("--out="):
             out = tok.split("=", 1)[1]
     if any(t in ("-h", "--help", "--version") for t in argv):
-        parser.parse_args(argv)  # prints and exits 0
+        try:
+            parser.parse_args(argv)  # prints and exits 0
+        except RegenieError as exc:
+            print(f"ERROR: {exc}", flush=True)
+            return 1
         return 0
     try:
         log = RunLog(out)

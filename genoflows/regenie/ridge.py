@@ -317,6 +317,19 @@ def loocv_ridge_predictions(w: np.ndarray, y: np.ndarray, tau: float, chrom_cols
 # --------------------------------------------------------------------------------------------------
 
 
+_CHUNK_ROWS = 8192
+
+
+def weighted_gram(x: np.ndarray, wts: np.ndarray) -> np.ndarray:
+    """Xᵀ diag(wts) X, accumulated over row chunks so the temporary stays ≤ 8192 × K (not n × K)."""
+    k = x.shape[1]
+    out = np.zeros((k, k))
+    for a in range(0, x.shape[0], _CHUNK_ROWS):
+        xc = x[a : a + _CHUNK_ROWS]
+        out += (xc * wts[a : a + _CHUNK_ROWS, None]).T @ xc
+    return out
+
+
 def pvec(eta: np.ndarray) -> np.ndarray:
     """Logistic mean with regenie's glm-style clipping beyond |η| > 30."""
     with np.errstate(over="ignore"):
@@ -364,7 +377,7 @@ def fit_ridge_logistic(
         niter += 1
         if niter > NITER_MAX_RIDGE:
             break
-        xtwx = (x * (mf * w)[:, None]).T @ x
+        xtwx = weighted_gram(x, mf * w)
         xtwx[np.diag_indices(k)] += tau
         with serial():
             step = np.linalg.solve(xtwx, score)
@@ -429,7 +442,7 @@ def _loo_betas(
     β_(−i) = β − V1[:, i] r_i with r_i = (y_i − p_i) / (1 − x_iᵀ H⁻¹ x_i w_i).
     """
     k = x.shape[1]
-    xtwx = (x * np.where(mask, w, 0.0)[:, None]).T @ x
+    xtwx = weighted_gram(x, np.where(mask, w, 0.0))
     xtwx[np.diag_indices(k)] += tau
     with serial():
         v1 = cho_solve(cho_factor(xtwx, lower=True, check_finite=False), x.T, check_finite=False)  # (K, n)
@@ -516,11 +529,10 @@ def level1_logistic_kfold(
                 if np.any(wv == 0):
                     raise RidgeConvergenceError("Zeros occurred in Var(Y) during ridge logistic regression.")
                 zv = np.where(tm, (eta - offset) + (y - p) / wv, 0.0)
-                xtw = (w * (mf * wv)[:, None]).T
-                xtwx = xtw @ w
+                xtwx = weighted_gram(w, mf * wv)
                 xtwx[np.diag_indices(k)] += tau
                 with serial():
-                    betanew = cho_solve(cho_factor(xtwx, lower=True, check_finite=False), xtw @ zv)
+                    betanew = cho_solve(cho_factor(xtwx, lower=True, check_finite=False), w.T @ (mf * wv * zv))
                 for _ in range(NITER_MAX_LINE_SEARCH_RIDGE):
                     p = pvec(offset + w @ betanew)
                     if not np.any(np.where(tm, p * (1 - p), 1.0) == 0):

@@ -34,7 +34,7 @@ BT_LOOCV_MAX_N = 5000
 
 def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
     """Fit the whole-genome model; write ``<out>_<i>.loco`` and ``<out>_pred.list``; return the list's path."""
-    traits, sample_index = traits_from_analysis(data, opts.log)
+    traits, sample_index = traits_from_analysis(data, geno.samples["key"].to_numpy(dtype=str), opts.log)
     plan = geno.block_plan(opts.bsize, opts.variant_mask)
     chrom = geno.variants["chrom"].to_numpy()
     ids = geno.variants["id"].to_numpy(dtype=str)
@@ -57,12 +57,13 @@ def run_step1(geno: Genotypes, data: AnalysisData, opts: Step1Options) -> Path:
 
 
 def traits_from_analysis(
-    data: AnalysisData, log: Callable[[str], None] = lambda _line: None
+    data: AnalysisData, genotype_keys: np.ndarray, log: Callable[[str], None] = lambda _line: None
 ) -> tuple[Step1Traits, np.ndarray]:
     """Step-1 traits from the loaded phenotypes/covariates, and the genotype rows to read.
 
     The layout is regenie's: every genotyped sample left after --keep/--remove (``data.genotyped_index``),
     in file order; those without phenotypes or covariates sit inside the CV folds with zero genotypes.
+    ``genotype_keys`` are the "FID_IID" keys of all samples in the genotype file.
     """
     y, _sd = data.residualized_traits()
     analysed = np.asarray(data.sample_index, dtype=np.int64)
@@ -79,10 +80,7 @@ def traits_from_analysis(
         out[pos] = a
         return out
 
-    keys = list(data.keys)
-    sample_ids = [""] * n
-    for i, k in zip(pos.tolist(), keys, strict=True):
-        sample_ids[i] = k
+    sample_ids = [str(k) for k in genotype_keys[layout]]  # the genotype file's keys, as regenie's header
     mask = spread(np.asarray(data.mask, dtype=bool), False)
     basis = spread(np.asarray(data.basis, dtype=np.float64))
     traits = Step1Traits(
@@ -251,7 +249,7 @@ def fit_step1(
             pred = ridge.standardize_level0(pred, mask, neff, loocv)
             cols = slice(b * settings.l0, (b + 1) * settings.l0)
             for p in range(n_traits):
-                level0[p][:, cols] = pred[:, :, p]
+                level0[p][cols, :] = pred[:, :, p].T
 
         chrom_cols = _chromosome_columns(blocks, settings.l0)
         result = Step1Result(
@@ -268,7 +266,7 @@ def fit_step1(
         for p in range(n_traits):
             if traits.skipped and traits.skipped[p]:
                 continue
-            w = np.asarray(level0[p])
+            w = np.asarray(level0[p]).T  # samples × predictors (a column-major view)
             fit = _level1(w, y[:, p], traits, p, mask[:, p], neff[p], ncov, taus, bounds, loocv, chrom_cols)
             fit.h2 = h2_l1
             fit.loco = None if fit.loco is None else _loco(fit.loco, chrom_cols, settings.n_chrom)
@@ -354,15 +352,16 @@ def _check_folds_have_both_classes(
 def _allocate_level0(
     n_traits: int, n: int, n_pred: int, lowmem_prefix: str | None
 ) -> tuple[list[np.ndarray], list[Path]]:
-    """Level-0 predictions per trait: in memory, or with --lowmem in <prefix>_l0_Y<i> files (removed at the end)."""
+    """Level-0 predictions per trait, predictor-major (n_pred × n, so a block writes J contiguous rows):
+    in memory, or with --lowmem in <prefix>_l0_Y<i> files (regenie's name and layout), removed at the end."""
     if lowmem_prefix is None:
-        return [np.empty((n, n_pred)) for _ in range(n_traits)], []
+        return [np.empty((n_pred, n)) for _ in range(n_traits)], []
     arrays, paths = [], []
     try:
         for p in range(n_traits):
             path = Path(f"{lowmem_prefix}_l0_Y{p + 1}")
             paths.append(path)
-            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n, n_pred)))
+            arrays.append(np.memmap(path, dtype=np.float64, mode="w+", shape=(n_pred, n)))
     except OSError as exc:
         for path in paths:
             path.unlink(missing_ok=True)
