@@ -91,6 +91,9 @@ def main() -> int:
         _use_settings(s3_endpoint_url=endpoint)
         metrics = run_giab(stack, endpoint)
         print_giab(metrics)
+        from genoflows.testing.gwas_demo import demo as gwas_demo  # GWAS (issue 10)
+
+        gwas_demo(OUT, endpoint)
     run_rnaseq()
     _banner(f"demo finished; outputs under {OUT}")
     return 0
