@@ -46,6 +46,7 @@ class JobRecord:
     submitted_at: str | None = None
     history: list[dict] = field(default_factory=list)
     downloads: dict[str, dict] = field(default_factory=dict)  # name -> {bytes, sha256, gets}
+    runs: dict[str, str] = field(default_factory=dict)  # WES: chromosome -> run id (one run per chromosome)
 
     def note_state(self, state: str, detail: str = "") -> None:
         if not self.history or self.history[-1]["state"] != state:

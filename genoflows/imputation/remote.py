@@ -99,9 +99,16 @@ def wait_for_job(
         if on_change is not None:
             on_change(name, phase, last)
 
-    name, phase = wait_until_terminal(status, schedule=schedule, clock=clock, on_change=changed)
+    wait_until_terminal(status, schedule=schedule, clock=clock, on_change=changed)
+    raise_unless_success(client, record, last)
+    return dict(last)
+
+
+def raise_unless_success(client: CloudgeneClient, record: JobRecord, last: dict) -> None:
+    """Raise the right error for a job that ended without success, with the server's own text."""
+    name, phase = client.phase(last)
     if phase is Phase.SUCCESS:
-        return dict(last)
+        return
     if phase is Phase.RETIRED:
         raise ResultsRetired(
             f"job {record.job_id} on {client.host}: results were retired (state {last.get('state')}); the server "

@@ -1,0 +1,153 @@
+"""impute against the local Cloudgene server end to end: faults on the way, submit exactly once, resume,
+server-side failures surfaced with the server's own text, tokens never leaked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pysam
+import pytest
+from prefect.states import State
+
+from flows.imputation import impute
+from genoflows.imputation.record import load_record
+from genoflows.testing.artifacts import read_artifacts
+from tests.imputation_fixtures import assert_no_token, save_block
+
+pytest_plugins = ["tests.imputation_fixtures"]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(**kw) -> State:
+    return impute(return_state=True, **kw)
+
+
+def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
+    prefect_harness, cohort, cloudgene, token, fast, tmp_path, caplog
+):
+    block = save_block(cloudgene, token)
+    cloudgene.inject("503", r"/submit/")  # maintenance at submit: wait and retry
+    cloudgene.inject("drop", r"/status$")  # connection dropped mid-poll
+    cloudgene.inject("500", r"/status$")
+    cloudgene.inject("truncate", r"chr_20\.zip")  # a download cut short: fetched again
+    out = tmp_path / "out"
+    inputs = [str(cohort.study["20"]), str(cohort.study["21"])]
+    state = _run(inputs=inputs, service=block, refpanel="apps@hapmap-2", population="eur", out_dir=str(out))
+    assert state.is_completed(), state.message
+    manifest = Path(state.result())
+    doc = json.loads(manifest.read_text())
+    job_dir = manifest.parent
+    assert cloudgene.submissions == 1
+    assert doc["job_id"] in cloudgene.jobs and doc["service"] == block
+    names = {f["file"] for f in doc["files"]}
+    for n in ("20", "21"):
+        assert {f"chr{n}.dose.vcf.gz", f"chr{n}.dose.vcf.gz.tbi", f"chr{n}.info.gz"} <= names
+        with pysam.VariantFile(str(job_dir / f"chr{n}.dose.vcf.gz")) as vf:
+            assert len(vf.header.samples) == 40 and next(iter(vf.fetch(n))) is not None
+    assert cloudgene.download_gets["chr_20.zip"] == 2 and cloudgene.download_gets["chr_21.zip"] == 1
+    record = load_record(job_dir)
+    assert record.downloads["chr_20.zip"]["gets"] == 2
+    states = [h["state"] for h in record.history]
+    assert states[0] == "submitted" and states[-1] == "success"
+    history = read_artifacts(f"imputation-status-{record.job_name.lower()}")
+    assert history and "success" in str(history[0].data)
+
+    # the same request again: resumes the recorded job, downloads nothing already verified
+    gets = dict(cloudgene.download_gets)
+    state2 = _run(inputs=inputs, service=block, refpanel="apps@hapmap-2", population="eur", out_dir=str(out))
+    assert state2.is_completed(), state2.message
+    assert cloudgene.submissions == 1 and cloudgene.download_gets == gets
+    assert_no_token(token, out, cloudgene.workdir.parent / "data", texts=(caplog.text, str(history[0].data)))
+
+
+def test_resubmit_true_submits_again(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    kw = dict(
+        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+    )
+    assert _run(**kw).is_completed()
+    assert _run(**kw, resubmit=True).is_completed()
+    assert cloudgene.submissions == 2
+    names = sorted(j.name for j in cloudgene.jobs.values())
+    assert names[0] + "-r1" == names[1]
+
+
+def test_server_failed_job_surfaces_server_text(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    state = _run(
+        inputs=[str(cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        population="xyz",
+        out_dir=str(tmp_path / "o"),
+    )
+    assert state.is_failed()
+    assert "Population 'xyz' is not supported by reference panel 'hapmap-2'" in state.message
+    assert cloudgene.submissions == 1  # a failed job is not retried by resubmitting
+
+
+def test_unknown_refpanel_fails_without_steps(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    state = _run(
+        inputs=[str(cohort.study["20"])],
+        service=block,
+        refpanel="apps@no-such-panel",
+        out_dir=str(tmp_path / "o"),
+    )
+    assert state.is_failed() and "admin log" in state.message and cloudgene.submissions == 1
+
+
+def test_bad_token_is_permanent_and_never_printed(
+    prefect_harness, cohort, cloudgene, token, fast, tmp_path, caplog
+):
+    wrong = token[::-1]
+    block = save_block(cloudgene, wrong)
+    state = _run(
+        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+    )
+    assert state.is_failed() and "401" in state.message and "token" in state.message
+    assert cloudgene.submissions == 0
+    assert_no_token(wrong, tmp_path / "o", texts=(caplog.text, state.message))
+
+
+def test_concurrent_job_limit_waits_for_a_slot(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    cloudgene.max_active_jobs = 1
+    from genoflows.imputation.cloudgene import CloudgeneClient
+
+    with CloudgeneClient(cloudgene.base_url, token, "imputationserver2") as c:  # another job of the same user
+        c.submit([cohort.study["21"]], {"refpanel": "hapmap-2"}, "other-job")
+    state = _run(
+        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+    )
+    assert state.is_completed(), state.message
+    assert cloudgene.submissions == 2
+
+
+def test_download_limit_exhausted_says_so(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    cloudgene.max_downloads = 2
+    cloudgene.inject("truncate", r"chr_20\.zip", times=5)
+    state = _run(
+        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+    )
+    assert state.is_failed()
+    assert "no downloads left" in state.message
+    assert cloudgene.download_gets["chr_20.zip"] == 2  # never a GET the server would refuse
+
+
+def test_retired_results(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+    block = save_block(cloudgene, token)
+    kw = dict(
+        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+    )
+    cloudgene.inject("drop", r"/share/results/", times=50)  # the download never gets through ...
+    state = _run(**kw)
+    assert state.is_failed()
+    cloudgene.faults.clear()
+    for job in cloudgene.jobs.values():
+        cloudgene.retire(job.id)  # ... and 7 days later the results are gone
+    state = _run(**kw)
+    assert state.is_failed() and "retired" in state.message and cloudgene.submissions == 1
