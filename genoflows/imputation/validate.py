@@ -67,9 +67,36 @@ def _open(path: Path) -> pysam.VariantFile:
     try:
         return pysam.VariantFile(str(path))
     except (OSError, ValueError) as exc:
+        _check_unique_samples(
+            path, _header_samples(path)
+        )  # htslib refuses duplicate ids with a vague message
         raise InputValidationError(
             f"{path.name}: not a readable VCF ({exc}); check the file is a VCF"
         ) from exc
+
+
+def _header_samples(path: Path) -> list[str]:
+    """Sample ids from the #CHROM line, read as text (works where htslib refuses the header)."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rt", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("#CHROM"):
+                    return line.rstrip("\n").split("\t")[9:]
+                if not line.startswith("#"):
+                    break
+    except (OSError, EOFError):
+        pass
+    return []
+
+
+def _check_unique_samples(path: Path, samples: list[str]) -> None:
+    dups = sorted(s for s, n in Counter(samples).items() if n > 1)
+    if dups:
+        raise InputValidationError(
+            f"{path.name}: duplicate sample ids {dups[:5]}: make them unique (`bcftools reheader -s`)."
+        )
 
 
 def has_index(path: Path) -> bool:
@@ -105,11 +132,7 @@ def validate_vcf(
     vf = _open(path)
     with vf:
         samples = list(vf.header.samples)
-        dups = sorted(s for s, n in Counter(samples).items() if n > 1)
-        if dups:
-            raise InputValidationError(
-                f"{path.name}: duplicate sample ids {dups[:5]}: make them unique (`bcftools reheader -s`)."
-            )
+        _check_unique_samples(path, samples)
         if for_server and len(samples) < min_samples:
             raise InputValidationError(
                 f"{path.name}: {len(samples)} samples; imputation servers require at least {min_samples}. "
