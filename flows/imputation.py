@@ -220,3 +220,15 @@ def cancel_imputation(service: str, job_id: str) -> str:
     if server.kind == "wes":
         return t.cancel_wes_run(server, job_id)
     return t.cancel_remote(server, job_id)
+
+
+@flow(name="imputation_accuracy")
+def imputation_accuracy(job_dir: str, truth_vcfs: dict[str, str]) -> list[dict]:
+    """Imputation r² against known genotypes, by allele-frequency bin (a table artifact).
+
+    Args:
+        job_dir: A finished imputation's directory (holding chr<N>.dose.vcf.gz).
+        truth_vcfs: Chromosome number -> VCF of the true genotypes of the same samples (e.g. masked sites).
+    """
+    doses = {c: Path(job_dir) / f"chr{chromosome_number(c)}.dose.vcf.gz" for c in truth_vcfs}
+    return t.accuracy_table(doses, {c: Path(v) for c, v in truth_vcfs.items()})

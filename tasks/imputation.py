@@ -251,3 +251,34 @@ def read_active(staging: Path, flow_run_id: str) -> JobRecord | None:
 
 
 __all__ = ["save_record"]
+
+
+@task
+def accuracy_table(dose_vcfs: dict[str, Path], truth_vcfs: dict[str, Path]) -> list[dict]:
+    """r² of dosages vs true genotypes by MAF bin (and minimac4's Rsq beside it), as a table artifact."""
+    import pandas as pd
+
+    from genoflows.imputation.accuracy import by_maf_bin, per_site
+
+    sites = pd.concat([per_site(Path(dose_vcfs[c]), Path(truth_vcfs[c])) for c in dose_vcfs])
+    table = by_maf_bin(sites)
+    common = sites[(~sites["typed"]) & sites["r2"].notna() & (sites["maf"] > 0.05)]
+    rows = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+        for r in table.to_dict("records")
+    ]
+    rows.append(
+        {
+            "maf_bin": ">5% (common)",
+            "sites": len(common),
+            "mean_r2": round(float(common["r2"].mean()), 4),
+            "mean_rsq": round(float(common["rsq"].mean()), 4),
+            "rsq_vs_r2_corr": None,
+        }
+    )
+    create_table_artifact(
+        key="imputation-accuracy",
+        table=rows,
+        description="Imputation r² vs true genotypes by minor-allele-frequency bin (untyped sites)",
+    )
+    return rows
