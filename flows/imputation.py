@@ -39,10 +39,14 @@ def _on_cancellation(flow, flow_run, state) -> None:
     if record is None or not record.job_id:
         return
     server = ImputationServer.load(params["service"])
-    state_name = t.cancel_remote.fn(server, record.job_id)
+    if server.kind == "wes":
+        for run_id in record.runs.values():
+            state_name = t.cancel_wes_run.fn(server, run_id)
+    else:
+        state_name = t.cancel_remote.fn(server, record.job_id)
     record.note_state(state_name, "cancelled with the Prefect flow run")
     save_record(staging / record.job_name, record)
-    t.emit_state("canceled", record, t.client_for(server).host, reason="flow run cancelled")
+    t.emit_state("canceled", record, server.base_url, reason="flow run cancelled")
 
 
 def _on_failure(flow, flow_run, state) -> None:

@@ -282,3 +282,120 @@ def accuracy_table(dose_vcfs: dict[str, Path], truth_vcfs: dict[str, Path]) -> l
         description="Imputation r² vs true genotypes by minor-allele-frequency bin (untyped sites)",
     )
     return rows
+
+
+# --- GA4GH WES route: one workflow run per chromosome, tagged with the job name (the submit-once key) ---------
+def wes_client(server: ImputationServer):
+    from genoflows.imputation.wes import WesClient
+
+    return WesClient(server.base_url, server.token, timeout=get_settings().http_timeout_seconds)
+
+
+def _location(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else Path(path_or_uri).resolve().as_uri()
+
+
+@task
+def submit_wes_runs(
+    server: ImputationServer,
+    record_dir: Path,
+    summaries: list[validate.VcfSummary],
+    refpanel: str,
+    resubmit: bool,
+) -> JobRecord:
+    """Submit each chromosome not yet recorded, after looking for a run already tagged with its name."""
+    from genoflows.imputation import wes
+
+    record = load_record(record_dir)
+    if resubmit and record.runs:
+        record.attempt += 1
+        record.runs, record.job_id = {}, None
+        save_record(record_dir, record)
+    logger = run_logger()
+    with wes_client(server) as client:
+        for s in summaries:
+            n = validate.chromosome_number(s.chrom)
+            if n in record.runs:
+                continue
+            tag = f"{record.job_name}-a{record.attempt}-chr{n}"
+            run_id = client.find_run(tag)
+            if run_id is None:
+                panel = refpanel.replace("{chrom}", n)
+                if "://" not in panel and not panel.endswith(".msav"):
+                    panel = str(local.compressed_panel(Path(panel), get_settings().cache_dir))
+                params = {
+                    "reference": {"class": "File", "location": _location(panel)},
+                    "target": {"class": "File", "location": _location(str(s.path))},
+                    "chrom": n,
+                }
+                workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
+                attachments = (
+                    {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else None
+                )
+                run_id = client.submit(
+                    workflow_url,
+                    params,
+                    attachments=attachments,
+                    tags={wes.TAG: tag},
+                    workflow_type=server.workflow_type,
+                    workflow_type_version=server.workflow_type_version,
+                )
+                logger.info("submitted WES run %s for chr%s to %s", run_id, n, client.host)
+            else:
+                logger.info("found WES run %s for chr%s on %s: not submitted again", run_id, n, client.host)
+            record.runs[n] = run_id
+            record.job_id = ",".join(record.runs.values())
+            record.note_state("submitted", f"chr{n}: {run_id}")
+            save_record(record_dir, record)
+    return record
+
+
+@task
+def wait_wes_runs(server: ImputationServer, record_dir: Path) -> None:
+    from genoflows.imputation.errors import ServerJobFailed
+    from genoflows.imputation.polling import wait_until_terminal
+
+    record = load_record(record_dir)
+    with wes_client(server) as client:
+        for n, run_id in sorted(record.runs.items()):
+
+            def changed(name: str, phase: Phase, n: str = n, run_id: str = run_id) -> None:
+                record.note_state(name, f"chr{n}: {run_id}")
+                save_record(record_dir, record)
+                emit_state(name, record, client.host, run_id=run_id, chromosome=n)
+
+            name, phase = wait_until_terminal(
+                lambda run_id=run_id: client.status(run_id), schedule=poll_schedule(), on_change=changed
+            )
+            if phase is not Phase.SUCCESS:
+                log = client.run_log(run_id).get("run_log") or {}
+                raise ServerJobFailed(
+                    f"WES run {run_id} (chr{n}) on {client.host} ended {name}: "
+                    f"exit code {log.get('exit_code')}; stderr: {str(log.get('stderr'))[-500:]}"
+                )
+    status_history_artifact(load_record(record_dir))
+
+
+@task
+def collect_wes_outputs(server: ImputationServer, record_dir: Path) -> list[Path]:
+    """Fetch each run's dose VCF and info file into the server layout, verify and index the VCFs."""
+    record = load_record(record_dir)
+    files = []
+    with wes_client(server) as client:
+        for n, run_id in sorted(record.runs.items()):
+            outputs_ = client.run_log(run_id).get("outputs") or {}
+            for key, name in (("dose", f"chr{n}.dose.vcf.gz"), ("info", f"chr{n}.info.gz")):
+                if key not in outputs_:
+                    raise remote.CorruptDownload(f"WES run {run_id} lists no '{key}' output")
+                dest = client.fetch_output(outputs_[key], record_dir / name)
+                files.append(dest)
+                if key == "dose":
+                    files.append(remote.verify_vcf(dest))
+    return files
+
+
+@task
+def cancel_wes_run(server: ImputationServer, run_id: str) -> str:
+    with wes_client(server) as client:
+        client.cancel(run_id)
+        return client.status(run_id)[0]
