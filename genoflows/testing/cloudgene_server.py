@@ -7,8 +7,8 @@ sizes and 10 downloads per file (every GET counts), anonymous `/share/results/{h
 streamed without Content-Length, password-protected result zips (ZipCrypto, or AES when `aesEncryption`
 was sent) holding real bgzipped dose VCFs, cancel by GET, retirement (state 7, "File not found in workspace").
 
-Time runs `speed` times faster than the wall clock, so a job that waits two hours in the queue takes
-seconds. Faults are queued with `inject(kind, path_regex, times)`: `drop` (close the connection without an
+Time runs `speed` times faster than the wall clock, or follows an injected `clock` (a benchmark shares a
+virtual clock with the client, so hours of queueing pass in milliseconds). Faults are queued with `inject(kind, path_regex, times)`: `drop` (close the connection without an
 answer), `500`, `503`, `truncate` (cut a download short). `submissions` counts accepted submit calls.
 """
 
@@ -25,6 +25,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +106,7 @@ class CloudgeneServer:
         max_downloads: int = 10,
         maintenance: bool = False,
         workdir: Path | None = None,
+        clock: Callable[[], float] | None = None,
     ):
         self.tokens = dict(tokens or {})
         self.revoked = set(revoked or ())
@@ -126,6 +128,7 @@ class CloudgeneServer:
         self.evil_zip = False
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
+        self._clock = clock
         self._httpd: ThreadingHTTPServer | None = None
 
     # --- life cycle ---------------------------------------------------------------------------------------------
@@ -153,7 +156,9 @@ class CloudgeneServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def now(self) -> float:
-        """Server time in seconds (runs `speed` times faster than the wall clock)."""
+        """Server time in seconds: the injected clock, or the wall clock running `speed` times faster."""
+        if self._clock is not None:
+            return self._clock()
         return (time.monotonic() - self._t0) * self.speed
 
     # --- test controls ------------------------------------------------------------------------------------------
@@ -393,6 +398,8 @@ def _dose_vcf(src: Path, dest: Path) -> tuple[bytes, bytes]:
 class _Handler(BaseHTTPRequestHandler):
     srv: CloudgeneServer
     protocol_version = "HTTP/1.1"
+    wbufsize = -1  # headers and body leave in one write (flushed per request): no Nagle/delayed-ACK stalls
+    disable_nagle_algorithm = True
 
     def log_message(self, *args) -> None:  # quiet
         pass
