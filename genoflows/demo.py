@@ -92,6 +92,9 @@ def main() -> int:
         metrics = run_giab(stack, endpoint)
         print_giab(metrics)
     run_rnaseq()
+    from genoflows.testing.imputation_demo import run_demo as run_imputation_demo  # imputation (issue 9)
+
+    run_imputation_demo(OUT)
     _banner(f"demo finished; outputs under {OUT}")
     return 0
 
