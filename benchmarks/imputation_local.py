@@ -9,7 +9,7 @@ status requests for a long queued+running job vs a fixed 10-s poll.
    same way; a fixed 10-s poll is run against an identical job. Printed: status requests and how late each
    noticed completion (server time).
 
-    .venv/bin/python benchmarks/imputation_local.py [--chroms 4] [--length 2000000] [--study 200]
+    .venv/bin/python benchmarks/imputation_local.py [--chroms 4] [--length 1000000] [--study 200]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def polling(args, work: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--chroms", type=int, default=4)
-    p.add_argument("--length", type=int, default=2_000_000)
+    p.add_argument("--length", type=int, default=1_000_000)
     p.add_argument("--panel", type=int, default=300)
     p.add_argument("--study", type=int, default=200)
     p.add_argument("--queued-hours", type=float, default=3.0)

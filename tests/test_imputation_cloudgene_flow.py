@@ -3,7 +3,9 @@ server-side failures surfaced with the server's own text, tokens never leaked.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import pysam
@@ -62,12 +64,42 @@ def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
     assert_no_token(token, out, cloudgene.workdir.parent / "data", texts=(caplog.text, str(history[0].data)))
 
 
-def test_resubmit_true_submits_again(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
+def test_s3_out_dir_aes_zips_and_resubmit(
+    prefect_harness, cohort, cloudgene, token, fast, tmp_path, moto_endpoint, monkeypatch
+):
+    import boto3
+
+    from genoflows.settings import get_settings
+
+    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    get_settings.cache_clear()
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="imputed")
     block = save_block(cloudgene, token)
     kw = dict(
-        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+        inputs=[str(cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        out_dir="s3://imputed/lab",
+        aes_encryption=True,
     )
-    assert _run(**kw).is_completed()
+    state = _run(**kw)
+    assert state.is_completed(), state.message
+    uri = state.result()
+    assert uri.startswith("s3://imputed/lab/gf-") and uri.endswith("/imputation.json")
+    doc = json.loads(s3.get_object(Bucket="imputed", Key=uri[len("s3://imputed/") :])["Body"].read())
+    by_name = {f["file"]: f for f in doc["files"]}
+    dose = by_name["chr20.dose.vcf.gz"]
+    body = s3.get_object(Bucket="imputed", Key=dose["uri"][len("s3://imputed/") :])["Body"].read()
+    assert len(body) == dose["bytes"] and hashlib.sha256(body).hexdigest() == dose["sha256"]
+    (job,) = cloudgene.jobs.values()
+    assert "aesEncryption" in job.params
+    assert (
+        zipfile.ZipFile(job.files[next(iter(job.files))]["path"]).infolist()[0].compress_type == 99
+    )  # WinZip AES
+
     assert _run(**kw, resubmit=True).is_completed()
     assert cloudgene.submissions == 2
     names = sorted(j.name for j in cloudgene.jobs.values())
