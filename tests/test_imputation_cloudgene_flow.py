@@ -3,8 +3,10 @@ server-side failures surfaced with the server's own text, tokens never leaked.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,30 @@ from tests.imputation_fixtures import assert_no_token, save_block
 pytest_plugins = ["tests.imputation_fixtures"]
 
 pytestmark = pytest.mark.slow
+
+
+def _events(job_id: str, want: set[str], timeout: float = 30) -> list:
+    """Events `genoflows.imputation.*` of one job as the Prefect API stored them (ingestion is asynchronous)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async def read():
+        async with get_client() as c:
+            page = await c.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(prefix=["genoflows.imputation."]),
+                    resource=EventResourceFilter(id=[f"genoflows.imputation.job.{job_id}"]),
+                ),
+                limit=50,
+            )
+            return page.events
+
+    t0 = time.monotonic()
+    while True:
+        events = [e for e in asyncio.run(read()) if e.payload.get("job_id") == job_id]
+        if want <= {e.event for e in events} or time.monotonic() - t0 > timeout:
+            return events
+        time.sleep(0.5)
 
 
 def _run(**kw) -> State:
@@ -53,6 +79,15 @@ def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
     assert record.downloads["chr_20.zip"]["gets"] == 2
     states = [h["state"] for h in record.history]
     assert states[0] == "submitted" and states[-1] == "success"
+    want = {f"genoflows.imputation.{s}" for s in ("submitted", "running", "success")}
+    events = _events(doc["job_id"], want)
+    assert want <= {e.event for e in events}
+    for e in events:
+        assert (
+            e.payload["server"]
+            and e.payload["flow_run_id"]
+            and e.resource.id.startswith("genoflows.imputation.job.")
+        )
     history = read_artifacts(f"imputation-status-{record.job_name.lower()}")
     assert history and "success" in str(history[0].data)
 
@@ -117,6 +152,13 @@ def test_server_failed_job_surfaces_server_text(prefect_harness, cohort, cloudge
     )
     assert state.is_failed()
     assert "Population 'xyz' is not supported by reference panel 'hapmap-2'" in state.message
+    (job,) = cloudgene.jobs.values()
+    failed = [
+        e
+        for e in _events(job.id, {"genoflows.imputation.failed"})
+        if e.event == "genoflows.imputation.failed"
+    ]
+    assert failed and "Population 'xyz'" in failed[0].payload["message"]
     assert cloudgene.submissions == 1  # a failed job is not retried by resubmitting
 
 
