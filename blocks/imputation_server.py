@@ -16,7 +16,9 @@ class ImputationServer(Block):
     _block_type_slug = "genoflows-imputation-server"
     _description = "A Michigan-type (Cloudgene) imputation server or a GA4GH WES service, with its API token."
 
-    kind: Literal["cloudgene", "wes"] = Field("cloudgene", description="cloudgene (MIS2, TOPMed, AfriGen-D) or wes")
+    kind: Literal["cloudgene", "wes"] = Field(
+        "cloudgene", description="cloudgene (MIS2, TOPMed, AfriGen-D) or wes"
+    )
     base_url: str = Field(
         ...,
         description="Server root, e.g. https://imputationserver.sph.umich.edu (cloudgene) or "

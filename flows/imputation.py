@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.imputation_server import ImputationServer
+from genoflows.fetch import PermanentFetchError
 from genoflows.imputation import outputs, remote
 from genoflows.imputation.errors import InputValidationError, PermanentImputationError
 from genoflows.imputation.record import JobRecord, job_name_for, load_record, save_record, submission_key
@@ -27,6 +28,16 @@ from tasks import imputation as t
 from tasks.runtime import transient_retry_options
 
 SERVER_R2_FILTERS = {0.0, 0.001, 0.1, 0.2, 0.3}
+
+
+def _load_server(name: str) -> ImputationServer:
+    try:
+        return ImputationServer.load(name)
+    except ValueError:
+        raise InputValidationError(
+            f"service={name!r}: no imputation-server block with that name; save one (see docs/imputation.md) "
+            f"or use service='local'"
+        ) from None
 
 
 def _on_cancellation(flow, flow_run, state) -> None:
@@ -110,10 +121,10 @@ def impute(
     """
     settings = get_settings()
     staging = outputs.staging_dir(out_dir, settings.data_dir)
-    staged = [
-        t.stage_input.with_options(**transient_retry_options(PermanentImputationError))(u, staging)
-        for u in inputs
-    ]
+    stage = t.stage_input.with_options(
+        **transient_retry_options(PermanentImputationError, PermanentFetchError)
+    )
+    staged = [stage(u, staging) for u in inputs]
     summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
     params = {
         "refpanel": refpanel,
@@ -125,7 +136,7 @@ def impute(
     }
     if aes_encryption:
         params["aesEncryption"] = "yes"
-    server = None if service == "local" else ImputationServer.load(service)
+    server = None if service == "local" else _load_server(service)
     if server is not None and server.kind == "cloudgene" and r2_filter not in SERVER_R2_FILTERS:
         raise InputValidationError(
             f"r2_filter={r2_filter}: Cloudgene servers accept only {sorted(SERVER_R2_FILTERS)}"
