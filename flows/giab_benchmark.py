@@ -81,24 +81,16 @@ def giab_benchmark(
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     with using_tool_images(tool_images_block):
         refs = ensure_references(
-            build,
-            hg,
-            list(variant_types),
-            truth.vcf if truth else None,
-            truth.bed if truth else None,
+            build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
             aws_credentials_block,
         )
         small_result = sv_result = None
         if "small" in variant_types:
-            staged = stage_query(
-                source, sample_id, sample_dir / "input", "small", file, aws_credentials_block
-            )
+            staged = stage_query(source, sample_id, sample_dir / "input", "small", file, aws_credentials_block)
             query = prepare_query(staged, sample_id, sample_dir / "query")
             small_result = benchmark_small(engine, refs.small, query, refs.fasta, sample_dir)
         if "sv" in variant_types:
             sv_file = file if variant_types == ["sv"] else None
-            staged_sv = stage_query(
-                source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block
-            )
+            staged_sv = stage_query(source, sample_id, sample_dir / "input", "sv", sv_file, aws_credentials_block)
             sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, sample_dir)
     return export(sample_id, hg or "custom", build, sample_dir, small_result, sv_result)

@@ -54,15 +54,9 @@ def rnaseq_quant(
     try:
         lock = FileLock(str(dirs.root / ".flow.lock"), timeout=0).acquire()
     except Timeout as exc:
-        raise RuntimeError(
-            f"another flow run is working on {dirs.root}; wait for it or use another out_dir"
-        ) from exc
+        raise RuntimeError(f"another flow run is working on {dirs.root}; wait for it or use another out_dir") from exc
     with lock:
-        meta = (
-            metadata
-            if isinstance(metadata, list)
-            else t.local_input(metadata, dirs.root / ".inputs", refresh=True)
-        )
+        meta = metadata if isinstance(metadata, list) else t.local_input(metadata, dirs.root / ".inputs", refresh=True)
         table = load_runs(meta, species)
         if stale := dirs.prepare():
             logger.warning("removed %d leftovers of an interrupted run: %s", len(stale), stale[:5])
@@ -81,9 +75,7 @@ def rnaseq_quant(
                     failures[run] = f"resolve: {why}"
                     progress("failed", run, failures[run])
                 fragment = (fragment_length, fragment_sd or fragment_length / 10) if fragment_length else None
-                download = t.download_run.with_options(
-                    retry_delay_seconds=[retry_delay_seconds * 2**i for i in range(3)]
-                )
+                download = t.download_run.with_options(retry_delay_seconds=[retry_delay_seconds * 2**i for i in range(3)])
                 report = t.stream_runs(resolved, dirs, index, targets, budget=int(disk_budget), max_downloads=max_downloads,
                                        threads=threads, fragment=fragment, progress=progress, download_task=download)  # fmt: skip
                 failures.update(report.failed)
@@ -108,12 +100,7 @@ def rnaseq_quant(
         leftovers = report.cleanup_failed if report else {}
         if leftovers:
             logger.error("could not delete the FASTQs of %s (still on disk, still in the budget)", leftovers)
-        result = {
-            **summary,
-            "disk_high_water_bytes": disk.high_water,
-            "failures": failures,
-            "not_deleted": leftovers,
-        }
+        result = {**summary, "disk_high_water_bytes": disk.high_water, "failures": failures, "not_deleted": leftovers}
         # The run stays Completed (the other runs' work is done and kept); its state message says what failed.
         message = f"{sp}: {summary['quantified']} of {len(table.runs)} runs quantified"
         if failures:
