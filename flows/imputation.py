@@ -186,10 +186,13 @@ def _run_cloudgene(server, job_dir, files, params, resubmit, password_secret, ae
     record = t.submit_job.with_options(**retry)(
         server, job_dir, files, {**params, "password": password}, resubmit
     )
-    job = t.wait_for_job.with_options(**retry)(server, job_dir)
-    downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
+    downloaded = None if resubmit else remote.finished_downloads(load_record(job_dir), job_dir / "downloads")
+    if downloaded is None:
+        job = t.wait_for_job.with_options(**retry)(server, job_dir)
+        downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
     files = t.unpack_results(downloaded, job_dir, password, aes)
-    return files, {"job_id": record.job_id, "tool_versions": {"server_application": job.get("application")}}
+    record = load_record(job_dir)
+    return files, {"job_id": record.job_id, "tool_versions": {"server_application": record.application}}
 
 
 def _run_local(summaries, refpanel, job_dir, r2_filter, phasing) -> tuple[list[Path], dict]:

@@ -134,7 +134,11 @@ def submit_job(
 ) -> JobRecord:
     record = load_record(record_dir)
     with client_for(server) as client:
-        result = remote.ensure_submitted(client, record, record_dir, files, params, resubmit=resubmit)
+        from prefect.runtime import flow_run
+
+        result = remote.ensure_submitted(
+            client, record, record_dir, files, params, resubmit=resubmit, run_id=str(flow_run.id or "")
+        )
     logger = run_logger()
     if result.submitted_now:
         logger.info("submitted job %s (%s) to %s", result.record.job_id, result.record.job_name, client.host)

@@ -217,6 +217,14 @@ def test_retired_results(prefect_harness, cohort, cloudgene, token, fast, tmp_pa
     kw = dict(
         inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
     )
+    done = dict(kw, inputs=[str(cohort.study["21"])])
+    assert _run(**done).is_completed()  # a job fully downloaded ...
+    for job in cloudgene.jobs.values():
+        cloudgene.retire(job.id)  # ... whose results the server has since deleted
+    gets, statuses = dict(cloudgene.download_gets), cloudgene.status_requests
+    state = _run(**done)
+    assert state.is_completed(), state.message  # needs the server no more
+    assert cloudgene.download_gets == gets and cloudgene.status_requests == statuses
     cloudgene.inject("drop", r"/share/results/", times=50)  # the download never gets through ...
     state = _run(**kw)
     assert state.is_failed()
@@ -224,4 +232,4 @@ def test_retired_results(prefect_harness, cohort, cloudgene, token, fast, tmp_pa
     for job in cloudgene.jobs.values():
         cloudgene.retire(job.id)  # ... and 7 days later the results are gone
     state = _run(**kw)
-    assert state.is_failed() and "retired" in state.message and cloudgene.submissions == 1
+    assert state.is_failed() and "retired" in state.message and cloudgene.submissions == 2

@@ -246,3 +246,25 @@ def test_client_error_mapping_on_the_test_server(small):
             with pytest.raises(TransientServerError, match="simultaneously"):
                 c.submit([small.study["20"]], {"refpanel": "hapmap-2"}, "a")
             assert server.submissions == 0
+
+
+def test_resubmit_submits_once_per_flow_run(small, tmp_path):
+    """resubmit=true makes one new job per flow run: a retry of that run (same run id) resumes it."""
+    from genoflows.imputation.record import JobRecord, job_name_for, load_record
+    from genoflows.imputation.remote import ensure_submitted
+
+    token = made_up_token()
+    with (
+        CloudgeneServer(tokens={"lab": token}, max_active_jobs=9) as server,
+        CloudgeneClient(server.base_url, token, "imputationserver2") as c,
+    ):
+        record = JobRecord(
+            key="k" * 64, job_name=job_name_for("k" * 64), service="s", server="x", params={}, inputs={}
+        )
+        args = (c, record, tmp_path, [small.study["20"]], {"refpanel": "hapmap-2"})
+        ensure_submitted(*args, run_id="run-1")
+        for _ in range(2):  # the resubmitting run, then its retry
+            ensure_submitted(*args[:1], load_record(tmp_path), *args[2:], resubmit=True, run_id="run-2")
+        assert server.submissions == 2
+        ensure_submitted(*args[:1], load_record(tmp_path), *args[2:], resubmit=True, run_id="run-3")
+        assert server.submissions == 3 and load_record(tmp_path).job_name.endswith("-r2")

@@ -46,6 +46,8 @@ class JobRecord:
     submitted_at: str | None = None
     history: list[dict] = field(default_factory=list)
     downloads: dict[str, dict] = field(default_factory=dict)  # name -> {bytes, sha256, gets}
+    application: str = ""  # the server's "<app name> <version>" (tool versions in the manifest)
+    resubmitted_by: str = ""  # flow run that made the last deliberate resubmission
     runs: dict[str, str] = field(default_factory=dict)  # WES: chromosome -> run id (one run per chromosome)
 
     def note_state(self, state: str, detail: str = "") -> None:

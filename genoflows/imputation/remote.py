@@ -47,12 +47,16 @@ def ensure_submitted(
     params: dict[str, str],
     *,
     resubmit: bool = False,
+    run_id: str = "",
 ) -> Submitted:
-    """Return the record with a job id, submitting only when no remote job for this key exists."""
-    if resubmit and record.job_id is not None:
+    """Return the record with a job id, submitting only when no remote job for this key exists.
+
+    `resubmit` submits a new job once per flow run (`run_id`): a retry of the same run resumes it instead."""
+    if resubmit and record.job_id is not None and (not run_id or record.resubmitted_by != run_id):
         record.attempt += 1
         record.job_id, record.state, record.downloads = None, None, {}
         record.job_name = job_name_for(record.key, record.attempt)
+        record.resubmitted_by = run_id
         record.history.append({"state": "resubmit", "at": "", "detail": "resubmit=true"})
         save_record(record_dir, record)
     if record.job_id is not None:
@@ -101,6 +105,8 @@ def wait_for_job(
 
     wait_until_terminal(status, schedule=schedule, clock=clock, on_change=changed)
     raise_unless_success(client, record, last)
+    record.application = str(last.get("application") or "")
+    save_record(record_dir, record)
     return dict(last)
 
 
@@ -115,6 +121,20 @@ def raise_unless_success(client: CloudgeneClient, record: JobRecord, last: dict)
             f"deletes them after 7 days. Resubmit with resubmit=true."
         )
     raise ServerJobFailed(f"job {record.job_id} on {client.host} {name}: {failure_text(last)}")
+
+
+def finished_downloads(record: JobRecord, download_dir: Path) -> list[Path] | None:
+    """The verified downloads of a job whose results were all fetched before (None if anything is missing):
+    a rerun after success needs the server no more, even once it has retired the results."""
+    if record.state != "downloaded" or not record.downloads:
+        return None
+    paths = []
+    for name, entry in record.downloads.items():
+        path = download_dir / name
+        if not entry.get("sha256") or not path.exists() or sha256_of(path) != entry["sha256"]:
+            return None
+        paths.append(path)
+    return paths
 
 
 def sha256_of(path: Path) -> str:
@@ -188,6 +208,8 @@ def download_results(
         save_record(record_dir, record)
         log(f"downloaded {remote.name} ({n} bytes); {left_after} downloads of it left on the server")
         paths.append(dest)
+    record.note_state("downloaded", f"{len(paths)} files verified")
+    save_record(record_dir, record)
     return paths
 
 
