@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from blocks.imputation_server import ImputationServer
@@ -74,7 +75,7 @@ def status_history_artifact(record: JobRecord) -> None:
     )
 
 
-@task
+@task(persist_result=False, cache_policy=NO_CACHE)  # the password never goes to result storage
 def results_password(secret_name: str) -> str:
     """The results password from a Secret block, generated (24 characters) and saved when absent."""
     from prefect.blocks.system import Secret
