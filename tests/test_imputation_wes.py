@@ -42,6 +42,10 @@ def test_wes_reference_server_runs_minimac4_once(prefect_harness, cohort, fast, 
         with WesClient(wes.base_url, token) as c:
             runs = c.list_runs()
         assert len(runs) == 1 and runs[0]["state"] == "COMPLETE"
+        record = json.loads((manifest.parent / "imputation-job.json").read_text())
+        with WesClient(wes.base_url, token) as c:  # what a rerun after a crash before the record would find
+            assert c.find_run(f"{record['job_name']}-a0-chr20") == runs[0]["run_id"] == record["runs"]["20"]
+            assert c.find_run(f"{record['job_name']}-a0-chr21") is None
         assert Path(impute(**kw)) == manifest
         with WesClient(wes.base_url, token) as c:
             assert len(c.list_runs()) == 1  # the rerun resumed; nothing submitted again
