@@ -28,10 +28,10 @@ def made_up_token() -> str:
 
 
 @pytest.fixture(scope="session")
-def cohort(tmp_path_factory):
+def imp_cohort(tmp_path_factory):
     """40 study samples (servers need 20) on chromosomes 20 and 21, hg19 naming."""
     return make_cohort(
-        tmp_path_factory.mktemp("imputation-cohort"),
+        tmp_path_factory.mktemp("imputation-imp_cohort"),
         chroms=("20", "21"),
         panel_size=120,
         study_size=40,
@@ -40,14 +40,14 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture
-def token() -> str:
+def imp_token() -> str:
     return made_up_token()
 
 
 @pytest.fixture
-def cloudgene(token, tmp_path):
+def cloudgene(imp_token, tmp_path):
     with CloudgeneServer(
-        tokens={"lab": token},
+        tokens={"lab": imp_token},
         speed=1.0,
         queue_seconds=0.8,
         run_seconds=0.6,
@@ -58,7 +58,7 @@ def cloudgene(token, tmp_path):
 
 
 @pytest.fixture
-def fast(settings_env, monkeypatch, tmp_path):
+def imp_fast(settings_env, monkeypatch, tmp_path):
     for k, v in FAST_ENV.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
@@ -66,20 +66,20 @@ def fast(settings_env, monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def save_block(server: CloudgeneServer, token: str, name: str | None = None) -> str:
+def save_block(server: CloudgeneServer, imp_token: str, name: str | None = None) -> str:
     from blocks.imputation_server import ImputationServer
 
     name = name or f"cg-{secrets.token_hex(4)}"
     ImputationServer(
-        kind="cloudgene", base_url=server.base_url, app_id="imputationserver2", token=token
+        kind="cloudgene", base_url=server.base_url, app_id="imputationserver2", token=imp_token
     ).save(name, overwrite=True)
     return name
 
 
-def assert_no_token(token: str, *roots: Path, texts: tuple[str, ...] = ()) -> None:
+def assert_no_token(imp_token: str, *roots: Path, texts: tuple[str, ...] = ()) -> None:
     for text in texts:
-        assert token not in text
+        assert imp_token not in text
     for root in roots:
         for p in Path(root).rglob("*"):
             if p.is_file() and p.stat().st_size < 5_000_000:
-                assert token.encode() not in p.read_bytes(), f"token leaked into {p}"
+                assert imp_token.encode() not in p.read_bytes(), f"token leaked into {p}"

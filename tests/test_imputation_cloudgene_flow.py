@@ -53,15 +53,15 @@ def _run(**kw) -> State:
 
 
 def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path, caplog
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path, caplog
 ):
-    block = save_block(cloudgene, token)
+    block = save_block(cloudgene, imp_token)
     cloudgene.inject("503", r"/submit/")  # maintenance at submit: wait and retry
     cloudgene.inject("drop", r"/status$")  # connection dropped mid-poll
     cloudgene.inject("500", r"/status$")
     cloudgene.inject("truncate", r"chr_20\.zip")  # a download cut short: fetched again
     out = tmp_path / "out"
-    inputs = [str(cohort.study["20"]), str(cohort.study["21"])]
+    inputs = [str(imp_cohort.study["20"]), str(imp_cohort.study["21"])]
     state = _run(inputs=inputs, service=block, refpanel="apps@hapmap-2", population="eur", out_dir=str(out))
     assert state.is_completed(), state.message
     manifest = Path(state.result())
@@ -96,11 +96,13 @@ def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
     state2 = _run(inputs=inputs, service=block, refpanel="apps@hapmap-2", population="eur", out_dir=str(out))
     assert state2.is_completed(), state2.message
     assert cloudgene.submissions == 1 and cloudgene.download_gets == gets
-    assert_no_token(token, out, cloudgene.workdir.parent / "data", texts=(caplog.text, str(history[0].data)))
+    assert_no_token(
+        imp_token, out, cloudgene.workdir.parent / "data", texts=(caplog.text, str(history[0].data))
+    )
 
 
 def test_s3_out_dir_aes_zips_and_resubmit(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path, moto_endpoint, monkeypatch
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path, moto_endpoint, monkeypatch
 ):
     import boto3
 
@@ -112,9 +114,9 @@ def test_s3_out_dir_aes_zips_and_resubmit(
     get_settings.cache_clear()
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="imputed")
-    block = save_block(cloudgene, token)
+    block = save_block(cloudgene, imp_token)
     kw = dict(
-        inputs=[str(cohort.study["20"])],
+        inputs=[str(imp_cohort.study["20"])],
         service=block,
         refpanel="apps@hapmap-2",
         out_dir="s3://imputed/lab",
@@ -141,10 +143,12 @@ def test_s3_out_dir_aes_zips_and_resubmit(
     assert names[0] + "-r1" == names[1]
 
 
-def test_server_failed_job_surfaces_server_text(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
-    block = save_block(cloudgene, token)
+def test_server_failed_job_surfaces_server_text(
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
+):
+    block = save_block(cloudgene, imp_token)
     state = _run(
-        inputs=[str(cohort.study["20"])],
+        inputs=[str(imp_cohort.study["20"])],
         service=block,
         refpanel="apps@hapmap-2",
         population="xyz",
@@ -162,10 +166,12 @@ def test_server_failed_job_surfaces_server_text(prefect_harness, cohort, cloudge
     assert cloudgene.submissions == 1  # a failed job is not retried by resubmitting
 
 
-def test_unknown_refpanel_fails_without_steps(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
-    block = save_block(cloudgene, token)
+def test_unknown_refpanel_fails_without_steps(
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
+):
+    block = save_block(cloudgene, imp_token)
     state = _run(
-        inputs=[str(cohort.study["20"])],
+        inputs=[str(imp_cohort.study["20"])],
         service=block,
         refpanel="apps@no-such-panel",
         out_dir=str(tmp_path / "o"),
@@ -174,12 +180,15 @@ def test_unknown_refpanel_fails_without_steps(prefect_harness, cohort, cloudgene
 
 
 def test_bad_token_is_permanent_and_never_printed(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path, caplog
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path, caplog
 ):
-    wrong = token[::-1]
+    wrong = imp_token[::-1]
     block = save_block(cloudgene, wrong)
     state = _run(
-        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+        inputs=[str(imp_cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        out_dir=str(tmp_path / "o"),
     )
     assert state.is_failed() and "401" in state.message and "token" in state.message
     assert cloudgene.submissions == 0
@@ -187,7 +196,7 @@ def test_bad_token_is_permanent_and_never_printed(
 
 
 def test_concurrent_job_limit_waits_for_a_slot(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path, monkeypatch
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path, monkeypatch
 ):
     from genoflows.settings import get_settings
 
@@ -195,37 +204,50 @@ def test_concurrent_job_limit_waits_for_a_slot(
         "GENOFLOWS_RETRY_ATTEMPTS", "40"
     )  # up to ~8 s of 0.2-s waits: longer than the other job
     get_settings.cache_clear()
-    block = save_block(cloudgene, token)
+    block = save_block(cloudgene, imp_token)
     cloudgene.max_active_jobs = 1
     from genoflows.imputation.cloudgene import CloudgeneClient
 
-    with CloudgeneClient(cloudgene.base_url, token, "imputationserver2") as c:  # another job of the same user
-        c.submit([cohort.study["21"]], {"refpanel": "hapmap-2"}, "other-job")
+    with CloudgeneClient(
+        cloudgene.base_url, imp_token, "imputationserver2"
+    ) as c:  # another job of the same user
+        c.submit([imp_cohort.study["21"]], {"refpanel": "hapmap-2"}, "other-job")
     state = _run(
-        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+        inputs=[str(imp_cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        out_dir=str(tmp_path / "o"),
     )
     assert state.is_completed(), state.message
     assert cloudgene.submissions == 2
 
 
-def test_download_limit_exhausted_says_so(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
-    block = save_block(cloudgene, token)
+def test_download_limit_exhausted_says_so(
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
+):
+    block = save_block(cloudgene, imp_token)
     cloudgene.max_downloads = 2
     cloudgene.inject("truncate", r"chr_20\.zip", times=5)
     state = _run(
-        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+        inputs=[str(imp_cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        out_dir=str(tmp_path / "o"),
     )
     assert state.is_failed()
     assert "no downloads left" in state.message
     assert cloudgene.download_gets["chr_20.zip"] == 2  # never a GET the server would refuse
 
 
-def test_retired_results(prefect_harness, cohort, cloudgene, token, fast, tmp_path):
-    block = save_block(cloudgene, token)
+def test_retired_results(prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path):
+    block = save_block(cloudgene, imp_token)
     kw = dict(
-        inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(tmp_path / "o")
+        inputs=[str(imp_cohort.study["20"])],
+        service=block,
+        refpanel="apps@hapmap-2",
+        out_dir=str(tmp_path / "o"),
     )
-    done = dict(kw, inputs=[str(cohort.study["21"])])
+    done = dict(kw, inputs=[str(imp_cohort.study["21"])])
     assert _run(**done).is_completed()  # a job fully downloaded ...
     for job in cloudgene.jobs.values():
         cloudgene.retire(job.id)  # ... whose results the server has since deleted

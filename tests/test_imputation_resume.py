@@ -68,11 +68,11 @@ def _wait(cond, timeout: float = 120) -> None:
 
 
 def test_kill_between_submit_and_record_then_rerun_finds_job_by_name(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
 ):
-    block = save_block(cloudgene, token)
+    block = save_block(cloudgene, imp_token)
     out = tmp_path / "out"
-    kw = dict(inputs=[str(cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out))
+    kw = dict(inputs=[str(imp_cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out))
     proc = _start(kw, tmp_path, **{EXIT_AFTER_SUBMIT_ENV: "1"})
     assert proc.wait(timeout=300) == 137, (tmp_path / "child.log").read_text()[-3000:]
     assert cloudgene.submissions == 1
@@ -88,12 +88,12 @@ def test_kill_between_submit_and_record_then_rerun_finds_job_by_name(
 
 
 def test_kill_while_polling_then_rerun_resumes_and_cancel_hook(
-    prefect_harness, cohort, cloudgene, token, fast, tmp_path
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
 ):
     cloudgene.queue_seconds = 600  # stays queued until the test lets it run
-    block = save_block(cloudgene, token)
+    block = save_block(cloudgene, imp_token)
     out = tmp_path / "out"
-    kw = dict(inputs=[str(cohort.study["21"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out))
+    kw = dict(inputs=[str(imp_cohort.study["21"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out))
     proc = _start(kw, tmp_path)
     _wait(lambda: _records(out) and load_record(_records(out)[0].parent).state == "waiting")
     os.kill(proc.pid, signal.SIGKILL)
@@ -106,7 +106,7 @@ def test_kill_while_polling_then_rerun_resumes_and_cancel_hook(
 
     # cancellation: a second killed run, then the on_cancellation hook of its flow run cancels the remote job
     cloudgene.queue_seconds = 600
-    kw2 = {**kw, "inputs": [str(cohort.study["20"])]}
+    kw2 = {**kw, "inputs": [str(imp_cohort.study["20"])]}
     proc = _start(kw2, tmp_path)
     _wait(lambda: [load_record(p.parent).state for p in _records(out)].count("waiting") == 1)
     os.kill(proc.pid, signal.SIGKILL)
@@ -125,7 +125,7 @@ def test_kill_while_polling_then_rerun_resumes_and_cancel_hook(
     cloudgene.queue_seconds = 600
     from genoflows.imputation.cloudgene import CloudgeneClient
 
-    with CloudgeneClient(cloudgene.base_url, token, "imputationserver2") as c:
-        other = c.submit([cohort.study["20"]], {"refpanel": "hapmap-2"}, "by-hand")
+    with CloudgeneClient(cloudgene.base_url, imp_token, "imputationserver2") as c:
+        other = c.submit([imp_cohort.study["20"]], {"refpanel": "hapmap-2"}, "by-hand")
     assert cancel_imputation(service=block, job_id=other) == "canceled"
     assert cloudgene.state_of(cloudgene.jobs[other]) == 6
