@@ -31,7 +31,7 @@ def made_up_token() -> str:
 def imp_cohort(tmp_path_factory):
     """40 study samples (servers need 20) on chromosomes 20 and 21, hg19 naming."""
     return make_cohort(
-        tmp_path_factory.mktemp("imputation-imp_cohort"),
+        tmp_path_factory.mktemp("imputation-cohort"),
         chroms=("20", "21"),
         panel_size=120,
         study_size=40,
