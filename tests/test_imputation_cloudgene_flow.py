@@ -263,3 +263,17 @@ def test_retired_results(prefect_harness, imp_cohort, cloudgene, imp_token, imp_
         cloudgene.retire(job.id)  # ... and 7 days later the results are gone
     state = _run(**kw)
     assert state.is_failed() and "retired" in state.message and cloudgene.submissions == 2
+
+
+def test_zip_entry_escaping_the_output_dir_is_refused(
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
+):
+    block = save_block(cloudgene, imp_token)
+    cloudgene.evil_zip = True  # the result zip carries ../../escaped.txt
+    out = tmp_path / "deep" / "out"
+    state = _run(
+        inputs=[str(imp_cohort.study["20"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out)
+    )
+    assert state.is_failed() and "outside" in state.message and "refusing" in state.message
+    assert not list(tmp_path.rglob("escaped.txt")) and not list(out.rglob("chr20.dose.vcf.gz"))
+    assert cloudgene.download_gets["chr_20.zip"] == 1  # a permanent problem: not downloaded again
