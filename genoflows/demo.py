@@ -95,6 +95,9 @@ def main() -> int:
 
         gwas_demo(OUT, endpoint)
     run_rnaseq()
+    from genoflows.testing.imputation_demo import run_demo as run_imputation_demo  # imputation (issue 9)
+
+    run_imputation_demo(OUT)
     _banner(f"demo finished; outputs under {OUT}")
     return 0
 

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
         64 << 20, ge=0, description="Downloads smaller than this get no progress artifact (bytes)."
     )
 
+    # --- imputation (issue 9): how patiently a remote imputation job is polled ---
+    imputation_poll_initial_seconds: float = Field(
+        30.0, gt=0, description="First wait after a job changes state; it grows by the factor up to the caps."
+    )
+    imputation_poll_factor: float = Field(1.5, ge=1, description="Growth of the poll interval per unchanged status.")
+    imputation_poll_cap_seconds: float = Field(300.0, gt=0, description="Longest wait while a job runs.")
+    imputation_poll_queued_cap_seconds: float = Field(900.0, gt=0, description="Longest wait while a job is queued.")
+
 
 @lru_cache
 def get_settings() -> Settings:
