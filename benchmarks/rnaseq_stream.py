@@ -48,7 +48,7 @@ def main() -> None:
 
     import numpy as np
 
-    from genoflows.rnaseq import simulate as sim
+    from genoflows.testing import rnaseq_world as sim
     from genoflows.rnaseq.metadata import Run
     from genoflows.rnaseq.sources import Endpoints, resolve_all
     from genoflows.rnaseq.stages import SpeciesDirs, cleanup_run, download_run, quantify_run

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from genoflows.rnaseq import simulate as sim
+from genoflows.testing import rnaseq_world as sim
 from genoflows.rnaseq.stream import dir_bytes
 from genoflows.settings import get_settings
 from genoflows.testing.artifacts import read_artifacts

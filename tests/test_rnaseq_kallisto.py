@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from genoflows.rnaseq import simulate as sim
+from genoflows.testing import rnaseq_world as sim
 from genoflows.rnaseq.merge import MergeError, merge_species
 from genoflows.rnaseq.metadata import Run, RunTable
 from genoflows.rnaseq.sources import RemoteFile, ResolvedRun

@@ -15,7 +15,7 @@ from genoflows.rnaseq.metadata import (
     runs_from_accessions,
     species_dirname,
 )
-from genoflows.rnaseq.simulate import write_metadata
+from genoflows.testing.rnaseq_world import write_metadata
 
 BASE = {"scientific_name": "Camponotus floridanus", "lib_layout": "paired", "exclusion": "no", "is_sampled": "yes"}
 
