@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,12 +26,25 @@ from genoflows.rnaseq.stream import dir_bytes
 from genoflows.settings import get_settings
 from genoflows.testing.artifacts import read_artifacts
 from genoflows.testing.http_server import FileServer
+from genoflows.testing.rnaseq_world import ena_server
 from genoflows.tools.kallisto import read_abundance
 
 pytestmark = pytest.mark.slow
 SPECIES = "Apis mellifera"
 BUDGET = 2_000_000
 REPO = Path(__file__).resolve().parents[1]
+#: The one retry policy, made quick: 3 retries, 50 ms doubling to at most 200 ms.
+RETRY_ENV = {"GENOFLOWS_RETRY_ATTEMPTS": "3", "GENOFLOWS_RETRY_BASE_DELAY_SECONDS": "0.05",
+             "GENOFLOWS_RETRY_MAX_DELAY_SECONDS": "0.2"}  # fmt: skip
+
+
+def run_flow(flow_fn, **params):
+    """(final state, returned results): a flow run with failed runs ends Failed and still returns its results."""
+    from flows.rnaseq_quant import RunsFailed
+
+    state = flow_fn(**params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    return state, result.results if isinstance(result, RunsFailed) else result
 
 
 def build_world(root: Path, server: FileServer, tx: dict[str, str], runs: dict[str, dict]) -> sim.EnaCatalog:
@@ -76,11 +90,11 @@ def world(tmp_path_factory):
         "SRR5000010": {"sra": True, "n": 600},  # not on ENA: AWS .sra + fasterq-dump
     }
     saved = dict(os.environ)
-    with FileServer(root / "srv") as server:
+    with ena_server(root / "srv", max_connections=3) as server:
         build_world(root, server, tx, runs)
         os.environ.update({"GENOFLOWS_ENA_BASE_URL": server.base_url,
                            "GENOFLOWS_SRA_ODP_BASE_URL": f"{server.base_url}/sra",
-                           "GENOFLOWS_CACHE_DIR": str(root / "cache")})  # fmt: skip
+                           "GENOFLOWS_CACHE_DIR": str(root / "cache"), **RETRY_ENV})  # fmt: skip
         get_settings.cache_clear()
         yield root, server, tx
     os.environ.clear()
@@ -90,7 +104,7 @@ def world(tmp_path_factory):
 
 def params(root: Path, out: str, **kw) -> dict:
     return {"metadata": str(root / "metadata.tsv"), "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),
-            "out_dir": str(root / out), "disk_budget": BUDGET, "max_downloads": 3, "retry_delay_seconds": 0.05,
+            "out_dir": str(root / out), "disk_budget": BUDGET, "max_downloads": 3,
             "sources": ["ena", "aws"], **kw}  # fmt: skip
 
 
@@ -127,9 +141,11 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     (sp / "fastq").mkdir(parents=True)
     sampler = Sampler(sp / "fastq")
     sampler.start()
-    summary = rnaseq_quant(**params(root, "out"))
+    state, summary = run_flow(rnaseq_quant, **params(root, "out"))
     sampler.stop.set()
     sampler.join()
+    assert state.is_failed() and state.message.endswith(f"5 of 9 runs quantified, 4 failed (see {sp}/failed.tsv)")
+    assert 2 <= server.max_active <= 3 and not server.refused  # files in parallel, never above max_downloads
 
     done = {"SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"}
     assert {p.name for p in (sp / "quant").iterdir()} == done
@@ -142,7 +158,7 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     assert "truncated" in failed["SRR5000006"]
     assert "raise disk_budget" in failed["SRR5000009"]
     assert not server.downloads("SRR5000003") and not server.downloads("SRR5000009")  # excluded / too big
-    assert len([r for r in server.downloads("SRR5000005_1")]) == 4  # retried, then given up
+    assert len([r for r in server.downloads("SRR5000005_1")]) == 4  # retried 3 times (RETRY_ENV), then given up
     assert list((sp / "fastq").iterdir()) == []
     assert sampler.n > 10 and 0 < sampler.max <= BUDGET
     assert summary["disk_high_water_bytes"] <= BUDGET and summary["quantified"] == 5
@@ -169,16 +185,15 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     # rerun: completed runs are not touched, not even resolved; only failed ones are tried again
     before = len(server.requests)
     stamp = (sp / "quant" / "SRR5000001" / "abundance.tsv").stat()
-    state2 = rnaseq_quant(**params(root, "out"), return_state=True)
-    assert state2.is_completed() and state2.message.endswith(f"5 of 9 runs quantified, 4 failed (see {sp}/failed.tsv)")
-    summary2 = state2.result()
+    state2, summary2 = run_flow(rnaseq_quant, **params(root, "out"))
+    assert state2.is_failed() and state2.message.endswith(f"5 of 9 runs quantified, 4 failed (see {sp}/failed.tsv)")
     new = server.requests[before:]
     assert summary2["newly_quantified"] == 0 and summary2["failed"] == 4
     assert not [r for r in new if any(run in r.path for run in done)]
     assert (sp / "quant" / "SRR5000001" / "abundance.tsv").stat().st_mtime_ns == stamp.st_mtime_ns
 
     # faults used up: the 404 and corrupt runs now succeed; the truncated and oversized stay failed
-    summary3 = rnaseq_quant(**params(root, "out"))
+    _, summary3 = run_flow(rnaseq_quant, **params(root, "out"))
     assert summary3["newly_quantified"] == 2 and summary3["quantified"] == 7
     assert set(summary3["failures"]) == {"SRR5000006", "SRR5000009"}
     assert {r["run"] for r in read_tsv(sp / "failed.tsv")} == {"SRR5000006", "SRR5000009"}
@@ -243,9 +258,11 @@ def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
         f"  - {{species: {SPECIES}, metadata: '{server.url('inputs/metadata.tsv')}'}}\n"
         "  - {species: Vespa crabro, metadata: [SRR5000007, SRR5000002]}\n"
     )
-    results = rnaseq_multi_species(configs=str(cfg))
-    assert set(results) == {SPECIES, "Vespa crabro"}
-    assert results["Vespa crabro"]["quantified"] == 2
+    state, results = run_flow(rnaseq_multi_species, configs=str(cfg))
+    assert set(results) == {"Apis_mellifera", "Vespa_crabro"}
+    assert results["Vespa_crabro"]["quantified"] == 2 and not results["Vespa_crabro"]["failures"]
+    assert state.is_failed() and "Vespa_crabro: 2 of 2 runs quantified" in state.message
+    assert "Apis_mellifera: " in state.message and "failed (see" in state.message  # per species
     vc = tmp_path / "multi" / "Vespa_crabro"
     assert read_tsv(vc / "merged" / "Vespa_crabro_est_counts.tsv")[0].keys() == {"target_id", "SRR5000007", "SRR5000002"}
 
@@ -265,31 +282,40 @@ def test_bad_inputs_fail_the_flow_with_a_clear_message(prefect_harness, world, t
     assert not list((tmp_path / "o2" / "Apis_mellifera" / "quant").iterdir())
 
 
-def test_disk_full_fails_runs_cleanly_and_a_rerun_with_space_completes(prefect_harness, world, tmp_path):
-    """The budget says 2 MB but the disk holds 16 KB: each run fails alone with a clear reason and leaves no
-    partial file; once space is freed (the tmpfs grown) a rerun quantifies them all."""
+def test_disk_full_fails_the_flow_run_and_keeps_finished_results(prefect_harness, world, tmp_path):
+    """A run finished earlier; then the disk fills up (16 kB left, though the budget says 2 MB). The flow run ends
+    Failed, naming the disk, without trying run after run; the finished run's results stay as they were and stay
+    merged, no partial file is left. Once space is freed, a rerun quantifies the rest."""
     from flows.rnaseq_quant import rnaseq_quant
 
     root, _, _ = world
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(disk)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     runs = ["SRR5000001", "SRR5000002", "SRR5000007"]
     try:
-        p = params(root, str(disk / "out"), metadata=runs, sources=["ena"])
-        summary = rnaseq_quant(**p)
         sp = disk / "out" / "Apis_mellifera"
+        state, _ = run_flow(rnaseq_quant, **params(root, str(disk / "out"), metadata=["SRR5000002"], sources=["ena"]))
+        assert state.is_completed()
+        stamp = (sp / "quant" / "SRR5000002" / "abundance.tsv").stat().st_mtime_ns
+        ballast = disk / "ballast"
+        ballast.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 16_384))
+        state, summary = run_flow(rnaseq_quant, **params(root, str(disk / "out"), metadata=runs, sources=["ena"]))
+        assert state.is_failed() and "machine-wide failure" in state.message and "disk" in state.message
+        assert "1 of 3 runs quantified" in state.message
         failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
-        assert set(failed) == set(runs) and summary["quantified"] == 0
-        assert all("not enough disk" in reason and "free space" in reason for reason in failed.values()), failed
+        assert set(failed) == {"SRR5000001", "SRR5000007"}, failed
+        assert all("disk" in reason for reason in failed.values()), failed
+        assert (sp / "quant" / "SRR5000002" / "abundance.tsv").stat().st_mtime_ns == stamp
+        assert summary["quantified"] == 1 and list(read_tsv(sp / "merged" / "Apis_mellifera_tpm.tsv")[0])[1:] == ["SRR5000002"]
         assert [p for p in (sp / "fastq").rglob("*") if p.is_file()] == []
-        assert not finished(sp / "quant")
+        assert [d.name for d in finished(sp / "quant")] == ["SRR5000002"]
 
-        subprocess.run(["mount", "-o", "remount,size=50m", str(disk)], check=True)
-        summary = rnaseq_quant(**p)
-        assert summary["quantified"] == 3 and not summary["failures"]
-        assert not (sp / "failed.tsv").exists() or read_tsv(sp / "failed.tsv") == []
+        ballast.unlink()
+        state, summary = run_flow(rnaseq_quant, **params(root, str(disk / "out"), metadata=runs, sources=["ena"]))
+        assert state.is_completed() and summary["quantified"] == 3 and not summary["failures"]
+        assert not (sp / "failed.tsv").exists()
         assert list((sp / "fastq").iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)
@@ -313,8 +339,8 @@ def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_end
     monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
     get_settings.cache_clear()
     try:
-        summary = rnaseq_quant(**params(root, str(tmp_path / "out"), metadata=str(tmp_path / "lab.tsv"),
-                                        species="Lasius niger"))  # fmt: skip
+        _, summary = run_flow(rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=str(tmp_path / "lab.tsv"),
+                                                species="Lasius niger"))  # fmt: skip
     finally:
         monkeypatch.delenv("GENOFLOWS_S3_ENDPOINT_URL")
         get_settings.cache_clear()
@@ -330,8 +356,8 @@ def test_runs_without_a_source_count_towards_progress(prefect_harness, world, tm
     from flows.rnaseq_quant import rnaseq_quant
 
     root, _, _ = world
-    summary = rnaseq_quant(**params(root, str(tmp_path / "out"), metadata=["SRR5000002", "SRR5999999"],
-                                    species="Formica rufa", sources=["ena"]))  # fmt: skip
+    _, summary = run_flow(rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=["SRR5000002", "SRR5999999"],
+                                            species="Formica rufa", sources=["ena"]))  # fmt: skip
     assert summary["quantified"] == 1 and set(summary["failures"]) == {"SRR5999999"}
     progress = read_artifacts("rnaseq-progress-formica-rufa")[0]
     assert float(progress.data) == 100.0 and "1/2 runs quantified, 1 failed" in progress.description

@@ -214,3 +214,45 @@ def make_sra(sim: SimRun, dest: Path) -> Path:
         run_tool(["kar", "--create", str(Path(tmp) / "run.sra"), "-d", str(arch)])
         (Path(tmp) / "run.sra").replace(dest)
     return dest
+
+
+def ena_server(root: Path, *, max_connections: int | None = None, bandwidth_bytes_per_s: float | None = None):
+    """A FileServer that behaves like ENA's file service towards one client: at most `max_connections` downloads at
+    once (more get 503 + Retry-After, as a provider's per-client cap does), each throttled to the per-connection
+    bandwidth, and it records how many downloads ran at once (`.max_active`) and how many it refused (`.refused`)."""
+    import threading
+
+    from genoflows.testing.http_server import FileServer
+
+    server = FileServer(root, bandwidth_bytes_per_s=bandwidth_bytes_per_s)
+    server.max_connections = max_connections
+    server.active = server.max_active = server.refused = 0
+    lock = threading.Lock()
+    base = server._httpd.RequestHandlerClass
+
+    class Capped(base):  # type: ignore[misc, valid-type]
+        def _send_file(self, target, path, fault):
+            if self.command != "GET":
+                return super()._send_file(target, path, fault)
+            with lock:
+                refuse = server.max_connections is not None and server.active >= server.max_connections
+                if refuse:
+                    server.refused += 1
+                else:
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
+            if refuse:
+                self._log(503)
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            try:
+                return super()._send_file(target, path, fault)
+            finally:
+                with lock:
+                    server.active -= 1
+
+    server._httpd.RequestHandlerClass = Capped
+    return server
