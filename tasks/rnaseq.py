@@ -319,7 +319,7 @@ class PrefectLimit:
 
     def try_acquire(self, n: int):
         from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
-        from prefect.concurrency.services import ConcurrencySlotAcquisitionError
+        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 
         if n > self.limit:
             raise ValueError(f"{n} slots asked of global concurrency limit {self.name!r}, which holds {self.limit}")

@@ -102,6 +102,34 @@ def world(tmp_path_factory):
     get_settings.cache_clear()
 
 
+FAILED_EVENT = "genoflows.rnaseq.run.failed"
+
+
+def failed_runs_automation():
+    """The README's automation: any `genoflows.rnaseq.run.failed` event -> an action (a notification in real
+    life; DoNothing here, as no notification block can reach anyone from a test)."""
+    from prefect.automations import Automation, DoNothing, EventTrigger
+
+    return Automation(name=f"rnaseq-failed-runs-{time.monotonic_ns()}", trigger=EventTrigger(
+        expect={FAILED_EVENT}, posture="Reactive", threshold=1, within=0), actions=[DoNothing()]).create()  # fmt: skip
+
+
+def failed_run_events(flow_run_id, expect: int, timeout: float = 30.0) -> list:
+    """The failed-run events the API holds for a flow run (the server stores events a moment after they are sent)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    flt = EventFilter(event=EventNameFilter(name=[FAILED_EVENT]),
+                      related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(filter=flt, limit=50).events
+            if len(events) >= expect or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
+
+
 def params(root: Path, out: str, **kw) -> dict:
     return {"metadata": str(root / "metadata.tsv"), "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),
             "out_dir": str(root / out), "disk_budget": BUDGET, "max_downloads": 3,
@@ -141,11 +169,16 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     (sp / "fastq").mkdir(parents=True)
     sampler = Sampler(sp / "fastq")
     sampler.start()
+    automation = failed_runs_automation()  # what the README shows: a real automation, accepted by the API
     state, summary = run_flow(rnaseq_quant, **params(root, "out"))
     sampler.stop.set()
     sampler.join()
     assert state.is_failed() and state.message.endswith(f"5 of 9 runs quantified, 4 failed (see {sp}/failed.tsv)")
-    assert 2 <= server.max_active <= 3 and not server.refused  # files in parallel, never above max_downloads
+    events = failed_run_events(state.state_details.flow_run_id, expect=4)
+    assert {e.payload["run"] for e in events} == {"SRR5000004", "SRR5000005", "SRR5000006", "SRR5000009"}
+    assert all(e.resource["genoflows.species"] == "Apis_mellifera" and e.payload["reason"] for e in events)
+    assert automation.trigger.expect == {FAILED_EVENT}
+    assert server.max_active <= 3 and not server.refused  # never above max_downloads (the server's cap)
 
     done = {"SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"}
     assert {p.name for p in (sp / "quant").iterdir()} == done
@@ -364,3 +397,88 @@ def test_runs_without_a_source_count_towards_progress(prefect_harness, world, tm
     table = read_artifacts("rnaseq-runs-formica-rufa")[0].data
     rows = {r["run"]: r for r in (json.loads(table) if isinstance(table, str) else table)}
     assert rows["SRR5999999"]["status"].startswith("failed: resolve: no source has SRR5999999")
+
+
+def test_two_flow_runs_share_one_budget_and_connections_through_global_concurrency_limits(prefect_harness, world,
+                                                                                          tmp_path):  # fmt: skip
+    """Two species' flow runs on one disk, each told it may use 2 MB and 3 connections, share the global concurrency
+    limits rnaseq-disk-<name> (600 kB) and rnaseq-downloads-<name> (2): sampled together, their FASTQs never exceed
+    600 kB and the throttled server never sees more than 2 downloads at once, yet it does see 2 (paired files in
+    parallel). All slots are free afterwards."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, server, _ = world
+    name = f"lab-disk-{time.monotonic_ns()}"
+    shared = 600_000
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"rnaseq-disk-{name}", limit=shared))
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"rnaseq-downloads-{name}", limit=2))
+    species = {"Formica fusca": ["SRR5000001", "SRR5000007"], "Lasius flavus": ["SRR5000002", "SRR5000008"]}
+    sampler = Sampler(tmp_path / "out")
+    results: dict[str, object] = {}
+    server.bandwidth = 400_000  # per connection, so downloads overlap
+    server.max_active = 0
+    try:
+        sampler.start()
+        threads = [threading.Thread(target=lambda sp=sp, runs=runs: results.update({sp: run_flow(
+            rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=runs, species=sp, sources=["ena"],
+                                   shared_limit=name))})) for sp, runs in species.items()]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        server.bandwidth = None
+    for sp in species:
+        state, summary = results[sp]
+        assert state.is_completed() and summary["quantified"] == 2, (sp, state.message)
+    assert sampler.n > 10 and 0 < sampler.max <= shared
+    assert server.max_active == 2 and not server.refused
+    with get_client(sync_client=True) as client:
+        for lim in (f"rnaseq-disk-{name}", f"rnaseq-downloads-{name}"):
+            assert client.read_global_concurrency_limit_by_name(lim).active_slots == 0
+
+
+def test_filereport_outage_then_recovery_html_page_named_and_bom_metadata(prefect_harness, world, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
+    """ENA's filereport answers 500 for 2 s (an outage; the old code gave up after ~1.5 s) and then recovers: the
+    runs are quantified. For one run it answers an HTML maintenance page every time: that run fails, and the
+    reason says HTML, not "ENA has no row for the run". The metadata was saved by Excel (BOM, CRLF)."""
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, server, _ = world
+    for k, v in {"GENOFLOWS_RETRY_ATTEMPTS": "5", "GENOFLOWS_RETRY_BASE_DELAY_SECONDS": "0.3",
+                 "GENOFLOWS_RETRY_MAX_DELAY_SECONDS": "1.0"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    original = server._routes["/filereport"]
+    first: list[float] = []
+    page = b"<!DOCTYPE html><html><head><title>ENA portal maintenance</title></head></html>"
+
+    def flaky(query):
+        first.append(time.monotonic())
+        if (query.get("accession") or [""])[0] == "SRR5000008":
+            return 200, "text/html", page
+        if time.monotonic() - first[0] < 2.0:
+            return 500, "text/plain", b"internal error\n"
+        return original(query)
+
+    meta = tmp_path / "excel.tsv"
+    rows = "".join(f"Formica rufa\t{r}\tpaired\r\n" for r in ("SRR5000002", "SRR5000007", "SRR5000008"))
+    meta.write_bytes(b"\xef\xbb\xbf" + ("scientific_name\trun\tlib_layout\r\n" + rows).encode())
+    server.add_route("/filereport", flaky)
+    try:
+        state, summary = run_flow(rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=str(meta),
+                                                         species="Formica rufa", sources=["ena"]))  # fmt: skip
+    finally:
+        server.add_route("/filereport", original)
+        get_settings.cache_clear()
+    assert summary["quantified"] == 2 and set(summary["failures"]) == {"SRR5000008"}
+    assert "HTML page" in summary["failures"]["SRR5000008"] and "ENA portal maintenance" in summary["failures"]["SRR5000008"]
+    assert state.is_failed() and "1 failed" in state.message
+    assert first[-1] - first[0] >= 2.0  # the outage was ridden out, not given up on
