@@ -40,6 +40,8 @@ from genoflows.tools.fasterq_dump import SraFormatError
 from tasks.runtime import in_prefect_run, run_logger, transient_retry_options
 
 FAILED_EVENT = "genoflows.rnaseq.run.failed"
+#: Reserved per file beyond its size: the lock, resume validator and source record fetch keeps beside it.
+FILE_OVERHEAD = 4096
 
 # Transient fetch errors and md5 mismatches are retried; 404s, bad files, tool errors and a stopping flow are not.
 NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError, Stopped, MetadataError)
@@ -434,8 +436,8 @@ def stream_runs(
         shared_slot=shared_conns.slot if shared_conns else None,
         fatal=is_machine_wide,
     )
-    jobs = [Job(f"{w.species.name}/{w.res.run.run}", w.res.reserve_bytes, w,
-                tuple(f.size or 0 for f in w.res.files)) for w in work]  # fmt: skip
+    jobs = [Job(f"{w.species.name}/{w.res.run.run}", w.res.reserve_bytes + FILE_OVERHEAD * len(w.res.files), w,
+                tuple((f.size or 0) + FILE_OVERHEAD for f in w.res.files)) for w in work]  # fmt: skip
     try:
         return scheduler.run(jobs)
     finally:

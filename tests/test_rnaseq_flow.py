@@ -63,7 +63,7 @@ def build_world(root: Path, server: FileServer, tx: dict[str, str], runs: dict[s
             cat.add_empty(run)
         else:
             extra = sim.simulate_run(tx, root / "gen3", run, layout="single", n_fragments=50, seed=99)
-            cat.add(s, host=host, extra_unpaired=extra.files[0] if o.get("third") else None)
+            cat.add(s, host=host, extra_unpaired=extra.files[0] if o.get("third") else None, unpaired_first=True)
         rows.append({"scientific_name": o.get("species", SPECIES), "run": run, "lib_layout": o.get("layout", "paired"),
                      "exclusion": o.get("exclusion", "no"), "is_sampled": "yes", "nominal_length": "250",
                      "total_spots": s.n_fragments})  # fmt: skip
@@ -294,6 +294,8 @@ def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
     state, results = run_flow(rnaseq_multi_species, configs=str(cfg))
     assert set(results) == {"Apis_mellifera", "Vespa_crabro"}
     assert results["Vespa_crabro"]["quantified"] == 2 and not results["Vespa_crabro"]["failures"]
+    # one stream: both species' fastq/ sampled together stay within the one budget (5 MB)
+    assert 0 < results["Vespa_crabro"]["disk_high_water_bytes"] <= 5_000_000
     assert state.is_failed() and "Vespa_crabro: 2 of 2 runs quantified" in state.message
     assert "Apis_mellifera: " in state.message and "failed (see" in state.message  # per species
     vc = tmp_path / "multi" / "Vespa_crabro"

@@ -94,6 +94,7 @@ class ByteBudget:
         self.high_water = 0
         self._priority = 0
         self._cond = threading.Condition()
+        self.shared_refused = False  # the shared limit said no in the current admission round
 
     def _take(self, sizes: list[int]) -> list[Token] | None:
         if self.reserved + sum(sizes) > self.capacity:
@@ -104,6 +105,7 @@ class ByteBudget:
             if self.shared is not None and n > 0:
                 handle = self.shared.try_acquire(n)
                 if handle is None:
+                    self.shared_refused = True
                     for t in tokens:
                         if t.handle is not None:
                             self.shared.release(t.handle)
@@ -387,6 +389,7 @@ class StreamScheduler:
 
         def admit() -> None:
             in_flight = [st.held for st in runs.values()]
+            self.budget.shared_refused = False
             i = 0  # pending[0] is the head; pending[i > 0] may pass it (see the module docstring)
             while self.conns.demand < self.max_downloads and i < len(pending) and not self.report.fatal:
                 job = pending[i]
@@ -395,6 +398,8 @@ class StreamScheduler:
                     continue
                 tokens = self._reserve(job) if (i == 0 or self._may_pass(pending[0], job, in_flight)) else None
                 if tokens is None:
+                    if self.budget.shared_refused:  # other flow runs hold the shared bytes: ask again next round
+                        break
                     i += 1
                     continue
                 pending.pop(i)

@@ -142,9 +142,12 @@ class EnaCatalog:
     root: Path
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def add(self, sim: SimRun, *, host: str, extra_unpaired: Path | None = None, md5_override: str | None = None) -> None:
-        """Place the run's files in the tree and record fastq_ftp/md5/bytes as ENA would (no scheme)."""
-        files = list(sim.files) + ([extra_unpaired] if extra_unpaired else [])
+    def add(self, sim: SimRun, *, host: str, extra_unpaired: Path | None = None, md5_override: str | None = None,
+            unpaired_first: bool = False) -> None:  # fmt: skip
+        """Place the run's files in the tree and record fastq_ftp/md5/bytes as ENA would (no scheme); ENA lists a
+        paired run's unpaired third file first for some runs (`unpaired_first`)."""
+        extra = [extra_unpaired] if extra_unpaired else []
+        files = extra + list(sim.files) if unpaired_first else list(sim.files) + extra
         ftp, md5s, sizes = [], [], []
         for f in files:
             rel = ena_relpath(sim.run, f.name)
