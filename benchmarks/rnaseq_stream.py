@@ -247,7 +247,8 @@ def real_scenario(args, work: Path) -> tuple[str, float, float, int, int]:
     print(f"flow run: {state.type.value}: {state.message}")
     print(f"physical floor: {floor:.1f} s = max(network {net_floor:.1f} s, CPU {cpu_floor:.1f} s incl. 3 index builds)")
     print(f"stream (multi-species flow): {wall:6.1f} s = {wall / floor:.2f} x floor; peak disk {human_bytes(peak)} "
-          f"sampled, budget {human_bytes(budget)}; server: {server.max_active} connections at most, {server.refused} refused")  # fmt: skip
+          f"sampled, budget {human_bytes(budget)}; server: {server.max_active} connections at most, {server.refused} refused, "
+          f"connections busy {100 * server.busy_seconds / (wall * args.max_downloads):.0f}% of the flow run")  # fmt: skip
     return "real-shaped", wall, floor, peak, budget
 
 

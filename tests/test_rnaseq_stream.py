@@ -269,8 +269,8 @@ def test_an_interrupt_during_a_long_download_returns_promptly(tmp_path):
         while [t for t in threading.enumerate() if t.name.startswith("stream")] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not [t for t in threading.enumerate() if t.name.startswith("stream")], "a worker is still running"
-    assert [key for _, kind, key in sched.report.events if kind == "admitted"] == ["SRR7000001"]
     assert 0 < (tmp_path / "fastq" / "SRR7000001" / "SRR7000001.fastq.gz.part").stat().st_size < len(data)
+    assert not list((tmp_path / "fastq").glob("SRR7000002/*.part"))  # queued for the one connection, never started
 
 
 def test_slots_are_connections_and_a_runs_files_download_in_parallel():
@@ -333,7 +333,7 @@ def test_a_machine_wide_failure_stops_admissions():
         time.sleep(0.05)
         return p
 
-    sched = StreamScheduler(budget_bytes=300, max_downloads=1, quant_workers=1, download=download,
+    sched = StreamScheduler(budget_bytes=200, max_downloads=1, quant_workers=1, download=download,
                             quant=lambda p, files: p, cleanup=lambda p: None,
                             fatal=lambda exc: isinstance(exc, OSError) and exc.errno == 28)  # fmt: skip
     report = sched.run([Job("r0", 200, "r0"), Job("r1", 100, "r1"), Job("r2", 100, "r2")])

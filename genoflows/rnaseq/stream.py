@@ -4,7 +4,8 @@ Units: a *run* is admitted when its bytes fit the budget; its *files* then downl
 connection each. Bytes are reserved per file (plus, for an `.sra`, the room fasterq-dump needs), and given
 back once the run's files are deleted, so the sum of reservations bounds the disk. Connections are the
 download slots: runs are admitted while fewer files want a connection than there are connections, so every
-connection stays busy while the budget allows. A run is quantified as soon as all its files are verified
+connection stays busy while the budget allows (a few files more are admitted than there are connections: they
+wait on a connection semaphore and take a freed connection at once). A run is quantified as soon as all its files are verified
 (up to `quant_workers` at once); freed bytes admit the next runs. One run failing is recorded and the rest go on.
 
 A file attempt that fails transiently is retried by its step (Prefect's retry policy) *without* holding a
@@ -160,10 +161,13 @@ class Connections:
         self.demand = 0
         self.active = 0
         self.max_active = 0
+        self.on_free: Callable[[], None] | None = None
 
     def want(self, delta: int) -> None:
         with self._lock:
             self.demand += delta
+        if delta < 0 and self.on_free is not None:
+            self.on_free()  # a connection is free for another file: let the scheduler admit now
 
     @contextlib.contextmanager
     def slot(self, stop: threading.Event | None = None) -> Iterator[None]:
@@ -315,6 +319,11 @@ class StreamScheduler:
         self.report = StreamReport()
         self._t0 = 0.0
         self._held = 0  # bytes of runs whose files could not be deleted: reserved for good
+        # files admitted beyond the connections: they wait on the connection semaphore, so a freed connection is
+        # taken at once instead of after the next task run starts (Prefect's start-up is not free)
+        self.queue_ahead = max(2, max_downloads // 2)
+        self._wake = threading.Event()
+        self.conns.on_free = self._wake.set
 
     def _event(self, kind: str, key: str, info: Any = None) -> None:
         self.report.events.append((time.monotonic() - self._t0, kind, key))
@@ -385,13 +394,15 @@ class StreamScheduler:
         pool = ThreadPoolExecutor(4 * self.max_downloads + self.quant_workers + 4, thread_name_prefix="stream")
 
         def submit(fn: Callable, *args: Any) -> Future:
-            return pool.submit(contextvars.copy_context().run, self._call, fn, *args)
+            fut = pool.submit(contextvars.copy_context().run, self._call, fn, *args)
+            fut.add_done_callback(lambda f: self._wake.set())
+            return fut
 
         def admit() -> None:
             in_flight = [st.held for st in runs.values()]
             self.budget.shared_refused = False
             i = 0  # pending[0] is the head; pending[i > 0] may pass it (see the module docstring)
-            while self.conns.demand < self.max_downloads and i < len(pending) and not self.report.fatal:
+            while self.conns.demand < self.max_downloads + self.queue_ahead and i < len(pending) and not self.report.fatal:
                 job = pending[i]
                 if i == 0 and job.need_bytes > self.budget.capacity - self._held:
                     self._exhausted(pending.pop(0))  # can never fit: do not let it block the rest
@@ -453,8 +464,9 @@ class StreamScheduler:
                         self._exhausted(job)
                     break
                 # poll while others may free what admission waits for (retry waits, shared limits)
-                timeout = POLL_SECONDS if pending else None
-                done, _ = wait([*downloads, *quants], timeout=timeout, return_when=FIRST_COMPLETED)
+                self._wake.wait(POLL_SECONDS if pending else None)
+                self._wake.clear()
+                done = [f for f in (*downloads, *quants) if f.done()]
                 for fut in done:
                     if fut in downloads:
                         st, n = downloads.pop(fut)

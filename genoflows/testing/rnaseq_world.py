@@ -224,12 +224,14 @@ def ena_server(root: Path, *, max_connections: int | None = None, bandwidth_byte
     once (more get 503 + Retry-After, as a provider's per-client cap does), each throttled to the per-connection
     bandwidth, and it records how many downloads ran at once (`.max_active`) and how many it refused (`.refused`)."""
     import threading
+    import time
 
     from genoflows.testing.http_server import FileServer
 
     server = FileServer(root, bandwidth_bytes_per_s=bandwidth_bytes_per_s)
     server.max_connections = max_connections
     server.active = server.max_active = server.refused = 0
+    server.busy_seconds = 0.0  # summed over downloads: busy / (wall x connections) = how well the cap was used
     lock = threading.Lock()
     base = server._httpd.RequestHandlerClass
 
@@ -251,11 +253,13 @@ def ena_server(root: Path, *, max_connections: int | None = None, bandwidth_byte
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
+            t0 = time.monotonic()
             try:
                 return super()._send_file(target, path, fault)
             finally:
                 with lock:
                     server.active -= 1
+                    server.busy_seconds += time.monotonic() - t0
 
     server._httpd.RequestHandlerClass = Capped
     return server
