@@ -356,9 +356,12 @@ def test_disk_full_fails_the_flow_run_and_keeps_finished_results(prefect_harness
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_endpoint, monkeypatch, tmp_path):
-    """Explicit s3:// URIs: one run's object is missing. That run is failed (failed.tsv), the other quantified."""
+def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_endpoint, tmp_path):
+    """Explicit s3:// URIs and an s3:// metadata table, reached through an AwsCredentials block parameter (its
+    endpoint is the only way to the bucket: no S3 endpoint in the settings). One run's object is missing: that run
+    is failed (failed.tsv), the other quantified."""
     import boto3
+    from prefect_aws import AwsClientParameters, AwsCredentials
 
     from flows.rnaseq_quant import rnaseq_quant
 
@@ -371,14 +374,13 @@ def test_a_missing_s3_object_fails_only_its_run(prefect_harness, world, moto_end
     uris = {run: ";".join(f"s3://lab-rnaseq/{run}_{i}.fastq.gz" for i in (1, 2)) for run in ("lab1", "lab2")}
     sim.write_metadata(tmp_path / "lab.tsv", [{"scientific_name": "Lasius niger", "run": run, "lib_layout": "paired",
                                                "fastq_uris": u} for run, u in uris.items()])  # fmt: skip
-    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
-    get_settings.cache_clear()
-    try:
-        _, summary = run_flow(rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=str(tmp_path / "lab.tsv"),
-                                                species="Lasius niger"))  # fmt: skip
-    finally:
-        monkeypatch.delenv("GENOFLOWS_S3_ENDPOINT_URL")
-        get_settings.cache_clear()
+    s3.upload_file(str(tmp_path / "lab.tsv"), "lab-rnaseq", "lab.tsv")
+    creds = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                           aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint))  # fmt: skip
+    creds.save(f"rnaseq-lab-{time.monotonic_ns()}")
+    assert get_settings().s3_endpoint_url is None
+    _, summary = run_flow(rnaseq_quant, **params(root, str(tmp_path / "out"), metadata="s3://lab-rnaseq/lab.tsv",
+                                                 species="Lasius niger", aws_credentials=creds))  # fmt: skip
     sp = tmp_path / "out" / "Lasius_niger"
     assert summary["quantified"] == 1 and [d.name for d in finished(sp / "quant")] == ["lab1"]
     failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
