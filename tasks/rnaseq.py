@@ -29,7 +29,14 @@ from genoflows.rnaseq import sources as src
 from genoflows.rnaseq.merge import MergeResult
 from genoflows.rnaseq.merge import merge_species as _merge
 from genoflows.rnaseq.metadata import MetadataError, Run, RunTable
-from genoflows.rnaseq.stages import LocalRun, QuantResult, SpeciesDirs, TruncatedFastq, cleanup_run, finish_download
+from genoflows.rnaseq.stages import (
+    LocalRun,
+    QuantResult,
+    SpeciesDirs,
+    TruncatedFastq,
+    cleanup_run,
+    finish_download,
+)
 from genoflows.rnaseq.stages import download_file as _download_file
 from genoflows.rnaseq.stages import quantify_run as _quantify
 from genoflows.rnaseq.stream import FileLease, Job, Stopped, StreamReport, StreamScheduler, human_bytes
@@ -320,8 +327,8 @@ class PrefectLimit:
         threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True).start()
 
     def try_acquire(self, n: int):
-        from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
         from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 
         if n > self.limit:
             raise ValueError(f"{n} slots asked of global concurrency limit {self.name!r}, which holds {self.limit}")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from genoflows.testing import rnaseq_world as sim
 from genoflows.rnaseq.stream import dir_bytes
 from genoflows.settings import get_settings
+from genoflows.testing import rnaseq_world as sim
 from genoflows.testing.artifacts import read_artifacts
 from genoflows.testing.http_server import FileServer
 from genoflows.testing.rnaseq_world import ena_server

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from genoflows.testing import rnaseq_world as sim
 from genoflows.rnaseq.merge import MergeError, merge_species
 from genoflows.rnaseq.metadata import Run, RunTable
 from genoflows.rnaseq.sources import RemoteFile, ResolvedRun
 from genoflows.rnaseq.stages import LocalRun, SpeciesDirs, quantify_run
+from genoflows.testing import rnaseq_world as sim
 from genoflows.tools import kallisto
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from genoflows.fetch import file_digest
-from genoflows.testing import rnaseq_world as sim
 from genoflows.rnaseq.metadata import Run
 from genoflows.rnaseq.sources import Endpoints, resolve_all
 from genoflows.rnaseq.stages import TruncatedFastq, count_fastq_records, download_run, verify_fastqs
+from genoflows.testing import rnaseq_world as sim
 from genoflows.testing.http_server import FileServer
 
 
