@@ -136,6 +136,7 @@ def run_species(
     with contextlib.ExitStack() as stack:
         prepared: list[tuple[dict[str, Any], t.SpeciesWork, Any, Any]] = []
         work: list[t.Work] = []
+        resolving: list[tuple[t.SpeciesWork, Any]] = []
         for cfg in cfgs:
             sp = species_dirname(cfg["species"])
             dirs = SpeciesDirs(Path(cfg["out_dir"]) / sp)
@@ -157,13 +158,15 @@ def run_species(
             length, sd = cfg.get("fragment_length"), cfg.get("fragment_sd")
             fragment = (length, sd or length / 10) if length else None
             w = t.SpeciesWork(sp, dirs, index, fragment, t.RunProgress(sp, len(table.runs), len(todo.complete), counter))
-            if todo.todo:
-                resolved, unresolved = t.resolve_species(todo.todo, sp, list(cfg["sources"]), aws_credentials)
-                for run, why in unresolved.items():  # failed before the stream: count them in the progress too
-                    w.failures[run] = f"resolve: {why}"
-                    w.progress("failed", run, w.failures[run])
-                work += [t.Work(w, r) for r in resolved]
+            if todo.todo:  # species resolve concurrently (and while their indices build)
+                resolving.append((w, t.resolve_species(todo.todo, sp, list(cfg["sources"]), aws_credentials)))
             prepared.append((cfg, w, table, todo))
+        for w, collect in resolving:
+            resolved, unresolved = collect()
+            for run, why in unresolved.items():  # failed before the stream: count them in the progress too
+                w.failures[run] = f"resolve: {why}"
+                w.progress("failed", run, w.failures[run])
+            work += [t.Work(w, r) for r in resolved]
         report = None
         with DiskSampler([w.dirs.fastq for _, w, _, _ in prepared], interval=0.2) as disk:
             if work:

@@ -150,20 +150,26 @@ def resolve_runs(runs: list[Run], species: str, order: list[str], memo: ResolveM
     return len(memo.resolved)
 
 
-def resolve_species(runs: list[Run], species: str, order: list[str], aws_credentials: Any = None) -> tuple[
-    list[src.ResolvedRun], dict[str, str]]:  # fmt: skip
-    """Resolve with retries; what is still unanswered after the last retry fails with the service's reason."""
+def resolve_species(runs: list[Run], species: str, order: list[str], aws_credentials: Any = None):
+    """Submit the resolution (retried with the one policy); returns a callable that waits and gives
+    (resolved runs in table order, {run: reason}); what is unanswered after the last retry fails with the
+    service's last answer. Species resolve concurrently this way."""
     memo = ResolveMemo()
     task_ = resolve_runs.with_options(**transient_retry_options(src.ResolveError))
-    task_(runs, species, order, quote(memo), aws_credentials, return_state=True)
-    failed = dict(memo.failed)
-    failed.update({run: f"{why} (still failing after retries)" for run, why in memo.transient.items()})
-    logger = run_logger()
-    for r in memo.resolved.values():
-        for note in r.notes:
-            logger.warning("%s: %s", r.run.run, note)
-    logger.info("%s: %d runs resolved, %d without a source", species, len(memo.resolved), len(failed))
-    return [memo.resolved[r.run] for r in runs if r.run in memo.resolved], failed
+    future = task_.submit(runs, species, order, quote(memo), aws_credentials)
+
+    def collect() -> tuple[list[src.ResolvedRun], dict[str, str]]:
+        future.wait()
+        failed = dict(memo.failed)
+        failed.update({run: f"{why} (still failing after retries)" for run, why in memo.transient.items()})
+        logger = run_logger()
+        for r in memo.resolved.values():
+            for note in r.notes:
+                logger.warning("%s: %s", r.run.run, note)
+        logger.info("%s: %d runs resolved, %d without a source", species, len(memo.resolved), len(failed))
+        return [memo.resolved[r.run] for r in runs if r.run in memo.resolved], failed
+
+    return collect
 
 
 # --- the steps -------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from genoflows.tools import fasterq_dump, kallisto
 
 Log = Callable[[str], None]
 TOOL_LOG = "kallisto.log"  # kallisto's own output, kept beside abundance.tsv
+FASTERQ_LOG = "fasterq-dump.log"  # fasterq-dump's, for runs converted from .sra
 
 
 class TruncatedFastq(RuntimeError):
@@ -83,6 +84,7 @@ class LocalRun:
     expected_fragments: int | None
     downloaded_bytes: int
     seconds: float
+    tool_logs: tuple[Path, ...] = ()  # e.g. fasterq-dump's output, kept beside the quantification
 
     @property
     def run(self) -> str:
@@ -187,6 +189,7 @@ def finish_download(
     t0 = time.monotonic()
     run = res.run.run
     expected = res.expected_fragments
+    logs: tuple[Path, ...] = ()
     if res.needs_conversion:
         _check(stop, run)
         sra = paths[0]
@@ -194,7 +197,16 @@ def finish_download(
         out, tmp = sra.parent / "dump", sra.parent / "dump-tmp"
         shutil.rmtree(out, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, stop=stop)
+        tool_log = sra.parent / FASTERQ_LOG
+        with open(tool_log, "w") as fh:
+
+            def sink(line: str) -> None:
+                fh.write(line + "\n")
+                if log is not None and line.strip():
+                    log(line)
+
+            run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=sink, stop=stop)
+        logs = (tool_log,)
         shutil.rmtree(tmp, ignore_errors=True)
         sra.unlink()
         layout, files = fasterq_dump.collect_outputs(out, run)
@@ -204,7 +216,7 @@ def finish_download(
     if expected is None:
         expected = verify_fastqs(layout, tuple(paths))
     size = sum(f.size or 0 for f in res.files)
-    return LocalRun(res, layout, tuple(paths), expected, size, round(time.monotonic() - t0, 3))
+    return LocalRun(res, layout, tuple(paths), expected, size, round(time.monotonic() - t0, 3), logs)
 
 
 def download_run(
@@ -259,9 +271,13 @@ def quantify_run(
 
             run_tool(argv, log=sink, provenance_dir=tmp, stop=stop)
         info = kallisto.check_quant(tmp, targets, local.expected_fragments, files=local.files)
+        keep = {"abundance.tsv", "run_info.json", "provenance.jsonl", TOOL_LOG}
         for extra in tmp.iterdir():
-            if extra.name not in ("abundance.tsv", "run_info.json", "provenance.jsonl", TOOL_LOG):
+            if extra.name not in keep:
                 extra.unlink()
+        for tool_log in local.tool_logs:  # the conversion's log joins kallisto's
+            if tool_log.is_file():
+                shutil.copyfile(tool_log, tmp / tool_log.name)
         for name in ("run_info.json", "provenance.jsonl", TOOL_LOG):  # record where the result lives, not the temp dir
             _replace_in_file(tmp / name, str(tmp), str(final))
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is not
