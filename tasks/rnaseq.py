@@ -423,6 +423,7 @@ def stream_runs(
         shared_conns = PrefectLimit(f"rnaseq-downloads-{shared_limit}", max_downloads)
         run_logger().info("shared limits: %s (%s) and %s (%d connections)", shared_budget.name,
                           human_bytes(shared_budget.limit), shared_conns.name, shared_conns.limit)  # fmt: skip
+        budget = min(budget, shared_budget.limit)  # a run bigger than the shared budget fails alone, up front
 
     def on_event(kind: str, key: str, info: object) -> None:
         sp, run = key.split("/", 1)
