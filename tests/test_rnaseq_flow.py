@@ -406,10 +406,10 @@ def test_runs_without_a_source_count_towards_progress(prefect_harness, world, tm
 
 def test_two_flow_runs_share_one_budget_and_connections_through_global_concurrency_limits(prefect_harness, world,
                                                                                           tmp_path):  # fmt: skip
-    """Two species' flow runs on one disk, each told it may use 2 MB and 3 connections, share the global concurrency
+    """Two species' flow runs on one disk, each told it may use 10 MB and 3 connections, share the global concurrency
     limits rnaseq-disk-<name> (600 kB) and rnaseq-downloads-<name> (2): sampled together, their FASTQs never exceed
     600 kB and the throttled server never sees more than 2 downloads at once, yet it does see 2 (paired files in
-    parallel). All slots are free afterwards."""
+    parallel). A run bigger than the shared budget fails alone. All slots are free afterwards."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -421,7 +421,8 @@ def test_two_flow_runs_share_one_budget_and_connections_through_global_concurren
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"rnaseq-disk-{name}", limit=shared))
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"rnaseq-downloads-{name}", limit=2))
-    species = {"Formica fusca": ["SRR5000001", "SRR5000007"], "Lasius flavus": ["SRR5000002", "SRR5000008"]}
+    # SRR5000009 (4.4 MB) fits this flow run's own budget but not the shared one: it fails alone, up front
+    species = {"Formica fusca": ["SRR5000001", "SRR5000007"], "Lasius flavus": ["SRR5000002", "SRR5000008", "SRR5000009"]}
     sampler = Sampler(tmp_path / "out")
     results: dict[str, object] = {}
     server.bandwidth = 400_000  # per connection, so downloads overlap
@@ -430,7 +431,7 @@ def test_two_flow_runs_share_one_budget_and_connections_through_global_concurren
         sampler.start()
         threads = [threading.Thread(target=lambda sp=sp, runs=runs: results.update({sp: run_flow(
             rnaseq_quant, **params(root, str(tmp_path / "out"), metadata=runs, species=sp, sources=["ena"],
-                                   shared_limit=name))})) for sp, runs in species.items()]  # fmt: skip
+                                   shared_limit=name, disk_budget="10MB"))})) for sp, runs in species.items()]  # fmt: skip
         for t in threads:
             t.start()
         for t in threads:
@@ -441,7 +442,9 @@ def test_two_flow_runs_share_one_budget_and_connections_through_global_concurren
         server.bandwidth = None
     for sp in species:
         state, summary = results[sp]
-        assert state.is_completed() and summary["quantified"] == 2, (sp, state.message)
+        assert summary["quantified"] == 2, (sp, state.message)
+    assert results["Formica fusca"][0].is_completed() and results["Lasius flavus"][0].is_failed()
+    assert "raise disk_budget" in results["Lasius flavus"][1]["failures"]["SRR5000009"]
     assert sampler.n > 10 and 0 < sampler.max <= shared
     assert server.max_active == 2 and not server.refused
     with get_client(sync_client=True) as client:
