@@ -1,38 +1,57 @@
-"""Prefect tasks for RNA-seq quantification, and the glue that streams runs through them.
+"""Prefect tasks for RNA-seq quantification, and the glue that streams runs (of one or several species) through them.
 
-Tasks stay thin: each calls one domain function. Per run there are two task runs (download, quant), so a
-300-run species is ~600 task runs per flow run, and the scheduler (plain code) decides what runs when.
+Tasks stay thin: each calls one domain function. Per run there is one download task per file and one quant task,
+and the scheduler (plain code, genoflows/rnaseq/stream.py) decides what runs when. Calls to outside services
+(ENA, AWS, S3, HTTP mirrors) retry with the project's one policy, `transient_retry_options`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import inspect
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
-from genoflows.fetch import PermanentFetchError, fetch
+from genoflows.fetch import PermanentFetchError
 from genoflows.rnaseq import sources as src
 from genoflows.rnaseq.merge import MergeResult
 from genoflows.rnaseq.merge import merge_species as _merge
-from genoflows.rnaseq.metadata import Run, RunTable
-from genoflows.rnaseq.stages import LocalRun, QuantResult, SpeciesDirs, TruncatedFastq, cleanup_run
-from genoflows.rnaseq.stages import download_run as _download
+from genoflows.rnaseq.metadata import MetadataError, Run, RunTable
+from genoflows.rnaseq.stages import (
+    LocalRun,
+    QuantResult,
+    SpeciesDirs,
+    TruncatedFastq,
+    cleanup_run,
+    finish_download,
+)
+from genoflows.rnaseq.stages import download_file as _download_file
 from genoflows.rnaseq.stages import quantify_run as _quantify
-from genoflows.rnaseq.stream import Job, Stopped, StreamReport, StreamScheduler, human_bytes
+from genoflows.rnaseq.stream import FileLease, Job, Stopped, StreamReport, StreamScheduler, human_bytes
 from genoflows.settings import get_settings
 from genoflows.toolrun import ToolError
 from genoflows.tools import kallisto
 from genoflows.tools.fasterq_dump import SraFormatError
-from tasks.runtime import in_prefect_run, log_lines, retry_unless, run_logger
+from tasks.runtime import in_prefect_run, run_logger, transient_retry_options
+
+FAILED_EVENT = "genoflows.rnaseq.run.failed"
+#: Reserved per file beyond its size: the lock, resume validator and source record fetch keeps beside it.
+FILE_OVERHEAD = 4096
+
+# Transient fetch errors and md5 mismatches are retried; 404s, bad files, tool errors and a stopping flow are not.
+NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError, Stopped, MetadataError)
 
 
 @dataclass
@@ -47,12 +66,43 @@ class ByteCounter:
             self.total += n
 
 
-# Transient fetch errors and md5 mismatches are retried; 404s, bad files, tool errors and a stopping flow are not.
-NOT_RETRYABLE = (PermanentFetchError, TruncatedFastq, SraFormatError, ToolError, Stopped)
+def is_machine_wide(exc: BaseException) -> bool:
+    """Failures of the machine, not of a run: the disk is full. Every other run would fail the same way."""
+    if isinstance(exc, kallisto.TranscriptomeError):  # the index cannot be built: no run can be quantified
+        return True
+    text = str(exc)
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk full" in text or "not enough disk" in text
 
 
-def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
-    """A local path as is; a URI fetched into `dest_dir/<hash>/<name>` (validated name), once unless `refresh`."""
+# --- credentials (fetch-trust changes fetch_file/s3_client to take an AwsCredentials object) ------------------
+
+
+def s3_client_for(aws_credentials: Any | None):
+    """An S3 client from an AwsCredentials block object (None: settings / the default chain)."""
+    from genoflows.fetch import s3_client
+
+    if aws_credentials is None:
+        return s3_client()
+    if _NEW_FETCH_API:
+        return s3_client(None, aws_credentials)
+    endpoint = aws_credentials.aws_client_parameters.endpoint_url
+    return aws_credentials.get_boto3_session().client("s3", endpoint_url=endpoint or get_settings().s3_endpoint_url)
+
+
+def _new_fetch_api() -> bool:
+    from tasks.fetch import fetch_file
+
+    return "aws_credentials" in inspect.signature(fetch_file.fn).parameters
+
+
+_NEW_FETCH_API = _new_fetch_api()  # TODO(merge): always True once fetch-trust lands; drop the old branch
+
+
+def fetch_input(uri: str, dest_dir: Path, aws_credentials: Any | None = None, *, refresh: bool = False) -> Path:
+    """A local path as is; a URI through `fetch_file` (verified, retried with the one policy) into
+    `dest_dir/<hash>/<name>` (validated name), once unless `refresh` (a run table can change between flow runs)."""
+    from tasks.fetch import fetch_file
+
     if "://" not in uri or uri.startswith("file://"):
         path = Path(urlparse(uri).path if uri.startswith("file://") else uri)
         if not path.is_file():
@@ -62,70 +112,105 @@ def local_input(uri: str, dest_dir: Path, *, refresh: bool = False) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
         name = "input"
     dest = dest_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
-    if refresh:  # a run table can change between flow runs; a transcriptome URI is taken as immutable
+    if refresh:
         dest.unlink(missing_ok=True)
-    return fetch(uri, dest).path
+    fetch = fetch_file.with_options(**transient_retry_options(PermanentFetchError))
+    if _NEW_FETCH_API:
+        return fetch(uri, dest, aws_credentials=aws_credentials).path
+    block = getattr(aws_credentials, "_block_document_name", None)
+    return fetch(uri, dest, aws_credentials_block=block).path
+
+
+# --- resolution ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolveMemo:
+    """What earlier attempts of `resolve_runs` settled, so a retry asks only about the runs still open."""
+
+    resolved: dict[str, src.ResolvedRun] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    transient: dict[str, str] = field(default_factory=dict)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="resolve sources for {species}")
-def resolve_runs(runs: list[Run], species: str, order: list[str]) -> tuple[list[src.ResolvedRun], list[tuple[str, str]]]:
-    """Files, sizes and md5s of every run, before any download (so the disk can be reserved)."""
+def resolve_runs(runs: list[Run], species: str, order: list[str], memo: ResolveMemo, aws_credentials: Any = None) -> int:
+    """Files, sizes and md5s of every run, before any download (so the disk can be reserved). Runs a service could
+    not answer for (5xx, 429, an HTML maintenance page) raise SourceTransient so the task retries them alone."""
     s = get_settings()
-    endpoints = src.Endpoints(s.ena_base_url, s.sra_odp_base_url, s.ncbi_sdl_url)
-    resolved, failed = src.resolve_all(runs, order, endpoints)
-    logger = run_logger()
-    for r in resolved:
-        for note in r.notes:
-            logger.warning("%s: %s", r.run.run, note)
-    logger.info("%s: %d runs resolved, %d without a source", species, len(resolved), len(failed))
-    return resolved, failed
+    endpoints = src.Endpoints(s.ena_base_url, s.sra_odp_base_url, s.ncbi_sdl_url,
+                              s3=(lambda: s3_client_for(aws_credentials)) if any(r.uris for r in runs) else None)  # fmt: skip
+    todo = [r for r in runs if r.run not in memo.resolved and r.run not in memo.failed]
+    resolved, failed, transient = src.resolve_all(todo, order, endpoints)
+    memo.resolved.update((r.run.run, r) for r in resolved)
+    memo.failed.update(failed)
+    memo.transient = dict(transient)
+    if transient:
+        raise src.SourceTransient(f"{len(transient)} run(s) not resolved yet, e.g. {transient[0][0]}: {transient[0][1]}")
+    return len(memo.resolved)
+
+
+def resolve_species(runs: list[Run], species: str, order: list[str], aws_credentials: Any = None):
+    """Submit the resolution (retried with the one policy); returns a callable that waits and gives
+    (resolved runs in table order, {run: reason}); what is unanswered after the last retry fails with the
+    service's last answer. Species resolve concurrently this way."""
+    memo = ResolveMemo()
+    task_ = resolve_runs.with_options(**transient_retry_options(src.ResolveError))
+    future = task_.submit(runs, species, order, quote(memo), aws_credentials)
+
+    def collect() -> tuple[list[src.ResolvedRun], dict[str, str]]:
+        future.wait()
+        failed = dict(memo.failed)
+        failed.update({run: f"{why} (still failing after retries)" for run, why in memo.transient.items()})
+        logger = run_logger()
+        for r in memo.resolved.values():
+            for note in r.notes:
+                logger.warning("%s: %s", r.run.run, note)
+        logger.info("%s: %d runs resolved, %d without a source", species, len(memo.resolved), len(failed))
+        return [memo.resolved[r.run] for r in runs if r.run in memo.resolved], failed
+
+    return collect
+
+
+# --- the steps -------------------------------------------------------------------------------------------------
 
 
 @task(cache_policy=NO_CACHE, task_run_name="kallisto index {transcriptome}")
-def build_index(transcriptome: str) -> tuple[Path, list[str]]:
+def build_index(transcriptome: str, aws_credentials: Any = None) -> tuple[Path, list[str]]:
     """Fetch the FASTA if remote; build (or reuse) the index cached per FASTA content and kallisto version.
 
-    Returns the index and its target ids (in FASTA order), which every quantification is checked against."""
+    Returns the index and its target ids (in FASTA order), which every quantification is checked against.
+    kallisto's output goes to `index.log` beside the index, not to the run log."""
     cache = get_settings().cache_dir
-    fasta = local_input(transcriptome, cache / "transcriptomes")
-    index, targets = kallisto.ensure_index(fasta, cache, log=log_lines(), provenance_dir=None)
-    run_logger().info("kallisto index %s (%d targets)", index, len(targets))
+    fasta = fetch_input(transcriptome, cache / "transcriptomes", aws_credentials)
+    index, targets = kallisto.ensure_index(fasta, cache)
+    run_logger().info("kallisto index %s (%d targets; log %s)", index, len(targets), index.parent / "index.log")
     return index, targets
 
 
-@task(
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_unless(*NOT_RETRYABLE),
-    cache_policy=NO_CACHE,
-    task_run_name="download {res.run.run}",
-)
-def download_run(
-    res: src.ResolvedRun,
-    fastq_root: Path,
-    threads: int = 2,
-    counter: ByteCounter | None = None,
-    stop: threading.Event | None = None,
-) -> LocalRun:
-    """Fetch and verify one run's reads (retried on transient errors; resumes partial files; ends when `stop` is set)."""
-    return _download(res, fastq_root, threads=threads, log=log_lines(), on_bytes=counter.add if counter else None,
-                     stop=stop)  # fmt: skip
+@task(cache_policy=NO_CACHE, task_run_name="download {res.run.run} file {i}")
+def download_file(res: src.ResolvedRun, i: int, fastq_root: Path, lease: FileLease, counter: ByteCounter,
+                  aws_credentials: Any = None) -> Path:  # fmt: skip
+    """Fetch and verify one file (one attempt; Prefect retries it without holding a connection meanwhile)."""
+    client = s3_client_for(aws_credentials) if res.files[i].uri.startswith("s3://") else None
+    return _download_file(res, i, fastq_root, lease=lease, on_bytes=counter.add, s3_client=client)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="quant {local.resolved.run.run}")
+@task(cache_policy=NO_CACHE, task_run_name="quant {res.run.run}")
 def quant_run(
-    local: LocalRun,
-    index: Path,
-    targets: list[str],
+    res: src.ResolvedRun,
+    paths: list[Path],
+    index: Any,  # a future of build_index, or its (index, targets)
     species_root: Path,
     threads: int = 1,
     fragment: tuple[float, float] | None = None,
     stop: threading.Event | None = None,
 ) -> QuantResult:
-    """kallisto quant into a temp dir, checked against the index's targets, renamed to quant/<run>."""
-    return _quantify(local, index, targets, SpeciesDirs(species_root), threads=threads,
-                     fragment=fragment, log=log_lines(), stop=stop)  # fmt: skip
+    """Convert/verify the downloaded reads, then kallisto quant into a temp dir, checked against the index's
+    targets, renamed to quant/<run> (kallisto's output kept there as kallisto.log)."""
+    local: LocalRun = finish_download(res, paths, threads=threads, stop=stop)
+    idx, targets = index.result() if hasattr(index, "result") else index  # built while the first runs downloaded
+    return _quantify(local, idx, targets, SpeciesDirs(species_root), threads=1, fragment=fragment, stop=stop)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="merge {species}")
@@ -137,14 +222,18 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
+# --- what a person sees ------------------------------------------------------------------------------------------
+
+
 class RunProgress:
-    """The flow's progress artifact: runs done / total and bytes downloaded, updated as runs finish."""
+    """A species' progress artifact and log: one line per run (quantified or failed), updated as runs finish."""
 
     def __init__(self, species: str, total: int, already: int, counter: ByteCounter):
         self.species, self.total, self.done, self.failed = species, total, already, 0
         self.counter = counter
         self.rows: list[dict[str, object]] = []
         self._id = None
+        self._lock = threading.Lock()
         if in_prefect_run():
             from prefect.artifacts import create_progress_artifact
 
@@ -158,63 +247,50 @@ class RunProgress:
         return (f"{self.species}: {self.done}/{self.total} runs quantified, {self.failed} failed, "
                 f"{human_bytes(self.counter.total)} downloaded")  # fmt: skip
 
-    def __call__(self, kind: str, key: str, info: object) -> None:
+    def __call__(self, kind: str, run: str, info: object) -> None:
         logger = run_logger()
-        if kind == "quantified" and isinstance(info, QuantResult):
-            self.done += 1
-            self.rows.append({"run": key, "layout": info.layout, "reads": info.n_processed,
-                              "pct_pseudoaligned": info.p_pseudoaligned, "quant_s": info.seconds,
-                              "source": info.source, "status": "done"})  # fmt: skip
-            logger.info("%s quantified: %d reads, %.1f%% pseudoaligned", key, info.n_processed, info.p_pseudoaligned)
-        elif kind == "failed":
-            self.failed += 1
-            self.rows.append({"run": key, "layout": "", "reads": "", "pct_pseudoaligned": "", "quant_s": "",
-                              "source": "", "status": f"failed: {info}"})  # fmt: skip
-            logger.error("%s failed: %s", key, info)
-        else:
-            return
-        if self._id is not None:
-            from prefect.artifacts import update_progress_artifact
+        with self._lock:
+            if kind == "quantified" and isinstance(info, QuantResult):
+                self.done += 1
+                self.rows.append({"run": run, "layout": info.layout, "reads": info.n_processed,
+                                  "pct_pseudoaligned": info.p_pseudoaligned, "quant_s": info.seconds,
+                                  "source": info.source, "status": "done", "notes": "; ".join(info.notes)})  # fmt: skip
+                logger.info("%s/%s quantified: %d %s, %.1f%% pseudoaligned, %.1f s%s", self.species, run,
+                            info.n_processed, "pairs" if info.layout == "paired" else "reads", info.p_pseudoaligned,
+                            info.seconds, f" (note: {'; '.join(info.notes)})" if info.notes else "")  # fmt: skip
+            elif kind == "failed":
+                self.failed += 1
+                self.rows.append({"run": run, "layout": "", "reads": "", "pct_pseudoaligned": "", "quant_s": "",
+                                  "source": "", "status": f"failed: {info}", "notes": ""})  # fmt: skip
+                logger.error("%s/%s failed: %s", self.species, run, info)
+                emit_run_failed(self.species, run, str(info))
+            else:
+                return
+            if self._id is not None:
+                from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self._id, self._pct(), description=self._text())
-
-
-def stream_runs(
-    resolved: list[src.ResolvedRun],
-    dirs: SpeciesDirs,
-    index: Path,
-    targets: list[str],
-    *,
-    budget: int,
-    max_downloads: int,
-    threads: int,
-    fragment: tuple[float, float] | None,
-    progress: RunProgress,
-    download_task=download_run,
-) -> StreamReport:
-    """Run every resolved run through download_run -> quant_run -> delete under the disk budget."""
-    quant_workers = max(1, threads)
-    stop = threading.Event()  # set by the scheduler when the flow is interrupted or cancelled
-    scheduler = StreamScheduler(
-        budget_bytes=budget,
-        max_downloads=max_downloads,
-        quant_workers=quant_workers,
-        download=lambda res: download_task(res, dirs.fastq, threads, progress.counter, stop),
-        # quote: Prefect would otherwise walk the (maybe 100k-long) target list on every call looking for futures
-        quant=lambda res, local: quant_run(local, index, quote(targets), dirs.root, 1, fragment, stop),
-        cleanup=lambda res: cleanup_run(dirs.fastq, res.run.run),
-        on_event=progress,
-        stop=stop,
-    )
-    return scheduler.run(src_jobs(resolved))
+                update_progress_artifact(self._id, self._pct(), description=self._text())
 
 
-def src_jobs(resolved: list[src.ResolvedRun]) -> list[Job]:
-    return [Job(r.run.run, r.reserve_bytes, r) for r in resolved]
+def emit_run_failed(species: str, run: str, reason: str) -> None:
+    """A Prefect event per failed run, for automations (`genoflows.rnaseq.run.failed`), tied to the flow run."""
+    if not in_prefect_run():
+        return
+    from prefect.context import FlowRunContext
+    from prefect.events import emit_event
+
+    related = []
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        related.append({"prefect.resource.id": f"prefect.flow-run.{ctx.flow_run.id}",
+                        "prefect.resource.role": "flow-run", "prefect.resource.name": ctx.flow_run.name})  # fmt: skip
+    emit_event(FAILED_EVENT, resource={"prefect.resource.id": f"genoflows.rnaseq.run.{species}.{run}",
+                                       "prefect.resource.name": run, "genoflows.species": species},
+               related=related, payload={"species": species, "run": run, "reason": reason[:2000]})  # fmt: skip
 
 
 def publish_summary(species: str, summary: dict[str, object], rows: list[dict[str, object]]) -> None:
-    """Per-species table artifact (run, layout, reads, % pseudoaligned, time) and a markdown summary."""
+    """Per-species table artifact (run, layout, reads, % pseudoaligned, time, notes) and a markdown summary."""
     if not in_prefect_run():
         return
     if rows:
@@ -223,3 +299,162 @@ def publish_summary(species: str, summary: dict[str, object], rows: list[dict[st
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     create_markdown_artifact("\n".join(lines), key=artifact_key("rnaseq-summary", species),
                              description=f"{species}: summary")  # fmt: skip
+
+
+# --- limits shared by several flow runs (Prefect global concurrency limits) ---------------------------------------
+
+
+class PrefectLimit:
+    """A Prefect global concurrency limit used as a non-blocking counting semaphore (disk bytes, or connections).
+
+    Created with `limit` when missing; when it exists, its own limit counts (several flow runs share it). Slots are
+    held under leases renewed in the background, so a crashed flow run's bytes come back when its leases expire."""
+
+    LEASE_SECONDS = 300.0
+
+    def __init__(self, name: str, limit: int):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+        from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+        self.name = name
+        with get_client(sync_client=True) as client:
+            try:
+                self.limit = client.read_global_concurrency_limit_by_name(name).limit
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=int(limit)))
+                except ObjectAlreadyExists:
+                    pass
+                self.limit = client.read_global_concurrency_limit_by_name(name).limit
+        self._leases: set = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True).start()
+
+    def try_acquire(self, n: int):
+        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+        if n > self.limit:
+            raise ValueError(f"{n} slots asked of global concurrency limit {self.name!r}, which holds {self.limit}")
+        try:
+            resp = acquire_concurrency_slots_with_lease([self.name], n, max_retries=0, strict=True,
+                                                        lease_duration=self.LEASE_SECONDS, suppress_warnings=True)  # fmt: skip
+        except ConcurrencySlotAcquisitionError as exc:
+            if "423" in str(exc) or "Locked" in str(exc):
+                return None
+            raise
+        with self._lock:
+            self._leases.add(resp.lease_id)
+        return resp.lease_id
+
+    def release(self, lease) -> None:
+        from prefect.concurrency._sync import release_concurrency_slots_with_lease
+
+        with self._lock:
+            self._leases.discard(lease)
+        release_concurrency_slots_with_lease(lease)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot (a connection) while the body runs; waits until one is free."""
+        from prefect.concurrency.sync import concurrency
+
+        with concurrency(self.name, occupy=1, strict=True):
+            yield
+
+    def _renew(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        while not self._stop.wait(self.LEASE_SECONDS / 4):
+            with self._lock:
+                leases = list(self._leases)
+            if not leases:
+                continue
+            with get_client(sync_client=True) as client:
+                for lease in leases:
+                    with contextlib.suppress(Exception):  # a lease released meanwhile
+                        client.renew_concurrency_lease(lease, lease_duration=self.LEASE_SECONDS)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# --- one stream for one or several species -------------------------------------------------------------------------
+
+
+@dataclass
+class SpeciesWork:
+    """One species inside a stream: where its outputs go, its index (a future while it builds), its counters."""
+
+    name: str
+    dirs: SpeciesDirs
+    index: Any  # the build_index future
+    fragment: tuple[float, float] | None
+    progress: RunProgress
+    failures: dict[str, str] = field(default_factory=dict)
+    done: dict[str, QuantResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Work:
+    species: SpeciesWork
+    res: src.ResolvedRun
+
+
+def stream_runs(
+    work: list[Work],
+    *,
+    budget: int,
+    max_downloads: int,
+    threads: int,
+    counter: ByteCounter,
+    shared_limit: str | None = None,
+    aws_credentials: Any = None,
+) -> StreamReport:
+    """Every resolved run of every species through download_file (per file) -> quant_run -> delete, under one disk
+    budget and one connection limit (Prefect global concurrency limits when `shared_limit` names a shared disk)."""
+    stop = threading.Event()  # set by the scheduler when the flow is interrupted or cancelled
+    download = download_file.with_options(**transient_retry_options(*NOT_RETRYABLE))
+    shared_budget = shared_conns = None
+    if shared_limit:
+        shared_budget = PrefectLimit(f"rnaseq-disk-{shared_limit}", budget)
+        shared_conns = PrefectLimit(f"rnaseq-downloads-{shared_limit}", max_downloads)
+        run_logger().info("shared limits: %s (%s) and %s (%d connections)", shared_budget.name,
+                          human_bytes(shared_budget.limit), shared_conns.name, shared_conns.limit)  # fmt: skip
+        budget = min(budget, shared_budget.limit)  # a run bigger than the shared budget fails alone, up front
+
+    def on_event(kind: str, key: str, info: object) -> None:
+        sp, run = key.split("/", 1)
+        w = by_species[sp]
+        if kind == "failed":
+            w.failures[run] = str(info)
+        elif kind == "quantified" and isinstance(info, QuantResult):
+            w.done[run] = info
+        w.progress(kind, run, info)
+
+    by_species = {w.species.name: w.species for w in work}
+    scheduler = StreamScheduler(
+        budget_bytes=budget,
+        max_downloads=max_downloads,
+        quant_workers=max(1, threads),
+        download=lambda w, i, lease: download(w.res, i, w.species.dirs.fastq, quote(lease), quote(counter),
+                                              aws_credentials),  # fmt: skip
+        quant=lambda w, paths: quant_run(w.res, paths, quote(w.species.index), w.species.dirs.root, threads,
+                                         w.species.fragment, quote(stop)),  # fmt: skip
+        cleanup=lambda w: cleanup_run(w.species.dirs.fastq, w.res.run.run),
+        on_event=on_event,
+        stop=stop,
+        shared_budget=shared_budget,
+        shared_slot=shared_conns.slot if shared_conns else None,
+        fatal=is_machine_wide,
+    )
+    jobs = [Job(f"{w.species.name}/{w.res.run.run}", w.res.reserve_bytes + FILE_OVERHEAD * len(w.res.files), w,
+                tuple((f.size or 0) + FILE_OVERHEAD for f in w.res.files)) for w in work]  # fmt: skip
+    try:
+        return scheduler.run(jobs)
+    finally:
+        for lim in (shared_budget, shared_conns):
+            if lim is not None:
+                lim.close()

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from genoflows.rnaseq import simulate as sim
 from genoflows.rnaseq.merge import MergeError, merge_species
 from genoflows.rnaseq.metadata import Run, RunTable
 from genoflows.rnaseq.sources import RemoteFile, ResolvedRun
 from genoflows.rnaseq.stages import LocalRun, SpeciesDirs, quantify_run
+from genoflows.testing import rnaseq_world as sim
 from genoflows.tools import kallisto
 
 
@@ -153,6 +153,60 @@ def test_quant_task_uses_the_targets_build_index_returned(settings_env, tmp_path
     dirs = SpeciesDirs(tmp_path / "out" / "Sp")
     dirs.prepare()
     run = sim.simulate_run(tx, tmp_path / "g", "SRR4000010", n_fragments=500, seed=5)
-    result = t.quant_run.fn(_local(run, "paired"), index, targets, dirs.root)
+    result = t.quant_run.fn(_local(run, "paired").resolved, list(run.files), (index, targets), dirs.root)
     assert result.n_processed == 500
     assert list(kallisto.read_abundance(dirs.quant_dir("SRR4000010") / "abundance.tsv")) == targets
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    import numpy as np
+    import pandas as pd
+
+    return float(np.corrcoef(pd.Series(a).rank(), pd.Series(b).rank())[0, 1])
+
+
+def test_counts_follow_the_simulated_truth_and_equal_kallisto_run_by_hand(tmp_path):
+    """Simulated runs with known true fragment counts per transcript (isoforms share exons, 0.5% errors): the
+    pipeline's est_counts rank like the truth (Spearman >= 0.95 on expressed transcripts) and are exactly what
+    kallisto gives when run by hand on the same files; run_info.json names the final directory, not a temp one."""
+    import json
+    import subprocess
+
+    fasta = tmp_path / "tx.fa"
+    tx = sim.make_transcriptome(fasta, n_genes=40, seed=21)
+    index, targets = kallisto.ensure_index(fasta, tmp_path / "cache")
+    dirs = SpeciesDirs(tmp_path / "out" / "Sp")
+    dirs.prepare()
+    for layout, run, seed in (("paired", "SRR4100001", 31), ("single", "SRR4100002", 32)):
+        truth = sim.simulate_run(tx, tmp_path / "g", run, layout=layout, n_fragments=40_000, seed=seed)
+        quantify_run(_local(truth, layout), index, targets, dirs)
+        est = kallisto.read_abundance(dirs.quant_dir(run) / "abundance.tsv")
+        expressed = [t for t, n in truth.true_counts.items() if n > 0]
+        assert len(expressed) > 50
+        rho = _spearman([truth.true_counts[t] for t in expressed], [est[t][0] for t in expressed])
+        assert rho >= 0.95, f"{run} ({layout}): Spearman {rho:.3f} against the simulated truth"
+        by_hand = tmp_path / "by-hand" / run
+        by_hand.mkdir(parents=True)
+        extra = ["--single", "-l", "250", "-s", "25"] if layout == "single" else []  # nominal_length 250
+        subprocess.run(["kallisto", "quant", "-i", str(index), "-o", str(by_hand), "-t", "1", *extra,
+                        *map(str, truth.files)], check=True, capture_output=True)  # fmt: skip
+        assert est == kallisto.read_abundance(by_hand / "abundance.tsv")
+        info = json.loads((dirs.quant_dir(run) / "run_info.json").read_text())
+        assert ".tmp-" not in info["call"] and f"-o {dirs.quant_dir(run)} " in info["call"]
+        assert ".tmp-" not in (dirs.quant_dir(run) / "provenance.jsonl").read_text()
+        assert "pseudoaligned" in (dirs.quant_dir(run) / "kallisto.log").read_text()  # the tool's log, kept
+
+
+def test_a_defaulted_fragment_length_is_noted(tmp_path):
+    fasta = tmp_path / "tx.fa"
+    tx = sim.make_transcriptome(fasta, n_genes=5, seed=2)
+    index, targets = kallisto.ensure_index(fasta, tmp_path / "cache")
+    dirs = SpeciesDirs(tmp_path / "out" / "Sp")
+    dirs.prepare()
+    run = sim.simulate_run(tx, tmp_path / "g", "SRR4100003", layout="single", n_fragments=300, seed=3)
+    local = _local(run, "single")
+    local = LocalRun(ResolvedRun(Run(run.run, "Sp", "single", None), "explicit", local.resolved.files, "single", 0),
+                     "single", run.files, 300, 0, 0.0)  # fmt: skip
+    result = quantify_run(local, index, targets, dirs)
+    assert result.notes and "defaulted to -l 200 -s 20" in result.notes[0] and "nominal_length missing" in result.notes[0]
+    assert not quantify_run(_local(run, "single"), index, targets, dirs).notes  # nominal_length 250 given

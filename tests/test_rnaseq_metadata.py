@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.rnaseq_quant import SpeciesConfig
+from flows.rnaseq_quant import SpeciesConfig, parse_size
 from genoflows.rnaseq.config import ConfigError, load_configs
 from genoflows.rnaseq.metadata import (
     MetadataError,
@@ -15,7 +15,7 @@ from genoflows.rnaseq.metadata import (
     runs_from_accessions,
     species_dirname,
 )
-from genoflows.rnaseq.simulate import write_metadata
+from genoflows.testing.rnaseq_world import write_metadata
 
 BASE = {"scientific_name": "Camponotus floridanus", "lib_layout": "paired", "exclusion": "no", "is_sampled": "yes"}
 
@@ -99,7 +99,7 @@ def test_species_configs(tmp_path):
     )
     a, b = load_configs(str(cfg), SpeciesConfig)
     assert a.metadata == str(tmp_path / "meta/am.tsv") and a.out_dir == str(tmp_path / "out")
-    assert a.disk_budget == 500 * 10**6 and b.disk_budget == 40 * 10**9 and b.max_downloads == 2
+    assert parse_size(a.disk_budget) == 500 * 10**6 and parse_size(b.disk_budget) == 40 * 10**9 and b.max_downloads == 2
     assert b.metadata == ["SRR1000001"] and b.transcriptome == "s3://b/si.fa"
     single = tmp_path / "one.yaml"
     single.write_text("species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\nsources: [aws]\n")
@@ -120,20 +120,42 @@ def test_species_yaml_takes_exactly_the_flow_parameters(tmp_path):
 
     from flows.rnaseq_quant import rnaseq_quant
 
-    params = inspect.signature(rnaseq_quant.fn).parameters
+    params = {k: v for k, v in inspect.signature(rnaseq_quant.fn).parameters.items()
+              if k not in ("shared_limit", "aws_credentials")}  # set once for all species by the parent flow
     assert list(SpeciesConfig.model_fields) == list(params)
     for name, p in params.items():
         if p.default is not p.empty:
             assert SpeciesConfig.model_fields[name].default == p.default, name
     cfg = tmp_path / "p.yaml"
     required = "species: Apis mellifera\nmetadata: m.tsv\ntranscriptome: t.fa\n"
-    cfg.write_text(required + "max_downloads: 100\nretry_delay_seconds: 0.5\n")
+    cfg.write_text(required + "max_downloads: 100\nfragment_length: 180\n")
     (c,) = load_configs(str(cfg), SpeciesConfig)
-    assert c.max_downloads == 100 and c.retry_delay_seconds == 0.5
+    assert c.max_downloads == 100 and c.fragment_length == 180
     assert rnaseq_quant.validate_parameters(c.model_dump())["max_downloads"] == 100
-    for bad in ("max_downloads: 300", "threads: 0", "sources: []", "sources: [ftp]", "fragment_length: 0", "bogus: 1"):
+    for bad in ("max_downloads: 300", "threads: 0", "disk_budget: lots", "disk_budget: 0", "sources: []", "sources: [ftp]", "fragment_length: 0", "bogus: 1"):
         cfg.write_text(required + bad + "\n")
         with pytest.raises(ConfigError, match="p.yaml"):
             load_configs(str(cfg), SpeciesConfig)
         with pytest.raises(Exception, match="(?i)validation|parameter"):
             rnaseq_quant.validate_parameters({**yaml.safe_load(required), **yaml.safe_load(bad)})
+
+
+def test_excel_bom_and_crlf_metadata_is_read(tmp_path):
+    """Excel saves UTF-8 with a byte-order mark and CRLF line ends: the first column must still be found."""
+    path = tmp_path / "metadata.tsv"
+    text = "scientific_name\trun\tlib_layout\r\nCamponotus floridanus\tSRR1000001\tpaired\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    t = read_metadata(path, "Camponotus floridanus")
+    assert [r.run for r in t.runs] == ["SRR1000001"] and t.columns[0] == "scientific_name"
+
+
+def test_the_run_form_describes_every_parameter_and_shows_sizes_as_text():
+    """The Prefect UI builds the run form from the flow's schema: every parameter has a description (Args
+    docstrings) and the disk budget's default reads "40GB", not 40000000000."""
+    from flows.rnaseq_quant import rnaseq_multi_species, rnaseq_quant
+
+    for fl in (rnaseq_quant, rnaseq_multi_species):
+        props = fl.parameters.model_dump()["properties"]
+        assert all(p.get("description") for p in props.values()), [k for k, p in props.items() if not p.get("description")]
+    assert rnaseq_quant.parameters.model_dump()["properties"]["disk_budget"]["default"] == "40GB"
+    assert parse_size("40GB") == 40 * 10**9 and parse_size(123) == 123

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from genoflows.fetch import file_digest
-from genoflows.rnaseq import simulate as sim
 from genoflows.rnaseq.metadata import Run
 from genoflows.rnaseq.sources import Endpoints, resolve_all
 from genoflows.rnaseq.stages import TruncatedFastq, count_fastq_records, download_run, verify_fastqs
+from genoflows.testing import rnaseq_world as sim
 from genoflows.testing.http_server import FileServer
 
 
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
 
 def test_ena_paired_picks_mates_and_ignores_unpaired_file(world):
     root, server, ep, paired = world
-    (res,), failed = resolve_all([Run("SRR3000001", "X", "paired")], ["ena"], ep)
+    (res,), failed, _ = resolve_all([Run("SRR3000001", "X", "paired")], ["ena"], ep)
     assert not failed and res.source == "ena" and res.layout == "paired"
     assert [f.name for f in res.files] == ["SRR3000001_1.fastq.gz", "SRR3000001_2.fastq.gz"]
     assert res.files[0].md5 == file_digest(paired.files[0], "md5") and res.files[0].size == paired.files[0].stat().st_size
@@ -55,28 +55,28 @@ def test_ena_paired_picks_mates_and_ignores_unpaired_file(world):
 
 def test_ena_single_with_layout_mismatch_is_a_note(world):
     _, _, ep, _ = world
-    (res,), _ = resolve_all([Run("SRR3000002", "X", "paired")], ["ena"], ep)
+    (res,), _, _ = resolve_all([Run("SRR3000002", "X", "paired")], ["ena"], ep)
     assert res.layout == "single" and res.expected_fragments == 200
     assert "layout mismatch" in res.notes[0]
 
 
 def test_fallback_to_aws_sra_reserves_ten_times(world):
     root, _, ep, _ = world
-    (res,), failed = resolve_all([Run("SRR3000003", "X", None)], ["ena", "aws"], ep)
+    (res,), failed, _ = resolve_all([Run("SRR3000003", "X", None)], ["ena", "aws"], ep)
     size = (root / "srv/sra/SRR3000003/SRR3000003").stat().st_size
     assert not failed and res.source == "aws" and res.needs_conversion and res.reserve_bytes == 10 * size
 
 
 def test_ncbi_sdl_picks_free_full_quality_file(world):
     _, _, ep, _ = world
-    (res,), _ = resolve_all([Run("SRR3000005", "X", None)], ["ncbi"], ep)
+    (res,), _, _ = resolve_all([Run("SRR3000005", "X", None)], ["ncbi"], ep)
     assert res.files[0].uri == "https://ncbi/SRR3000005" and res.files[0].size == 1234 and res.reserve_bytes == 12340
 
 
 def test_unresolvable_and_unsafe_runs_fail_alone(world):
     _, _, ep, _ = world
     runs = [Run("SRR3000009", "X", None), Run("SRR3000004", "X", None), Run("SRR3000002", "X", None)]
-    resolved, failed = resolve_all(runs, ["ena", "aws"], ep)
+    resolved, failed, _ = resolve_all(runs, ["ena", "aws"], ep)
     assert [r.run.run for r in resolved] == ["SRR3000002"]
     reasons = dict(failed)
     assert "ena:" in reasons["SRR3000009"] and "aws:" in reasons["SRR3000009"]
@@ -86,7 +86,7 @@ def test_unresolvable_and_unsafe_runs_fail_alone(world):
 def test_explicit_local_uris(world, tmp_path):
     root, _, ep, paired = world
     run = Run("lab1", "X", "paired", uris=tuple(str(p) for p in paired.files))
-    (res,), _ = resolve_all([run], ["ena"], ep)
+    (res,), _, _ = resolve_all([run], ["ena"], ep)
     assert res.source == "explicit" and [f.name for f in res.files] == ["lab1_1.fastq.gz", "lab1_2.fastq.gz"]
     local = download_run(res, tmp_path)
     assert local.layout == "paired" and local.expected_fragments == 300  # counted: nothing published
@@ -94,7 +94,7 @@ def test_explicit_local_uris(world, tmp_path):
 
 def test_download_sra_converts_with_fasterq_dump(world, tmp_path):
     _, _, ep, _ = world
-    (res,), _ = resolve_all([Run("SRR3000003", "X", "paired")], ["aws"], ep)
+    (res,), _, _ = resolve_all([Run("SRR3000003", "X", "paired")], ["aws"], ep)
     local = download_run(res, tmp_path, threads=1)
     assert local.layout == "paired" and [p.name for p in local.files] == ["SRR3000003_1.fastq", "SRR3000003_2.fastq"]
     assert not (tmp_path / "SRR3000003" / "SRR3000003.sra").exists() and local.expected_fragments == 200
@@ -144,7 +144,7 @@ def test_resumed_download_counts_only_new_bytes(world, tmp_path):
     from genoflows.fetch import TransientFetchError
 
     _, server, ep, _ = world
-    (res,), _ = resolve_all([Run("SRR3000002", "X", "single")], ["ena"], ep)
+    (res,), _, _ = resolve_all([Run("SRR3000002", "X", "single")], ["ena"], ep)
     size = res.files[0].size
     counted: list[int] = []
     server.add_fault("SRR3000002.fastq.gz", "drop", times=1)
@@ -154,3 +154,36 @@ def test_resumed_download_counts_only_new_bytes(world, tmp_path):
     local = download_run(res, tmp_path, on_bytes=counted.append)  # what the task retry does
     assert local.expected_fragments == 200 and sum(counted) == size
     assert [r.range for r in server.downloads("SRR3000002.fastq.gz")][-1] == f"bytes={size // 2}-"
+
+
+def test_an_html_maintenance_page_is_named_and_retryable(world):
+    """ENA answering 200 with an HTML page is not 'no row for the run': it is reported as an HTML answer."""
+    from genoflows.rnaseq.sources import SourceTransient
+
+    _, server, ep, _ = world
+    original = server._routes["/filereport"]
+    page = b"<!DOCTYPE html><html><head><title>ENA is down for maintenance</title></head><body>back soon</body></html>"
+    server.add_route("/filereport", lambda q: (200, "text/html; charset=utf-8", page))
+    try:
+        resolved, failed, transient = resolve_all([Run("SRR3000002", "X", None)], ["ena", "aws"], ep)
+    finally:
+        server.add_route("/filereport", original)
+    assert not resolved and not failed
+    assert "HTML page" in transient[0][1] and "ENA is down for maintenance" in transient[0][1]
+    with pytest.raises(SourceTransient):
+        raise SourceTransient(transient[0][1])
+
+
+def test_429_waits_for_retry_after_before_the_retry():
+    """A 429 with Retry-After is a transient answer, and the retry does not come sooner than the server asked."""
+    import time
+
+    import httpx
+
+    from genoflows.rnaseq.sources import SourceTransient, _get
+
+    transport = httpx.MockTransport(lambda req: httpx.Response(429, headers={"Retry-After": "1"}))
+    t0 = time.monotonic()
+    with httpx.Client(transport=transport) as client, pytest.raises(SourceTransient, match="429"):
+        _get(client, "http://ena.invalid/filereport")
+    assert time.monotonic() - t0 >= 1.0

@@ -16,7 +16,7 @@ import pytest
 
 from genoflows.rnaseq.metadata import Run
 from genoflows.rnaseq.sources import RemoteFile, ResolvedRun
-from genoflows.rnaseq.stages import cleanup_run, download_run
+from genoflows.rnaseq.stages import cleanup_run, download_file
 from genoflows.rnaseq.stream import ByteBudget, Job, StreamScheduler
 from genoflows.testing.http_server import FileServer
 
@@ -48,18 +48,19 @@ class FakeDisk:
 
 
 def make(disk: FakeDisk, budget: int, *, fail_download=(), fail_quant=(), k=3, q=2, dl_time=0.02, q_time=0.01):
-    def download(job_payload):
+    def download(job_payload, i, lease):
         key, size = job_payload
-        disk.stage("download", 1)
-        try:
-            for _ in range(4):
-                disk.write(key, size // 4)
-                time.sleep(dl_time * random.random())
-            if key in fail_download:
-                raise OSError(f"connection reset for {key}")
-            return f"local-{key}"
-        finally:
-            disk.stage("download", -1)
+        with lease.attempt():
+            disk.stage("download", 1)
+            try:
+                for _ in range(4):
+                    disk.write(key, size // 4)
+                    time.sleep(dl_time * random.random())
+                if key in fail_download:
+                    raise OSError(f"connection reset for {key}")
+                return f"local-{key}"
+            finally:
+                disk.stage("download", -1)
 
     def quant(job_payload, local):
         disk.stage("quant", 1)
@@ -133,7 +134,7 @@ def test_a_smaller_run_never_takes_the_bytes_the_head_run_is_about_to_get():
     waiting for a 500-byte run to end, and j3, the biggest left, would end alone at the tail. So j4 waits."""
     gates = {key: threading.Event() for key in ("j0", "j1", "j2", "j3", "j4")}
 
-    def download(key: str) -> str:
+    def download(key: str, i, lease) -> str:
         assert gates[key].wait(10), f"{key} was never released"
         return key
 
@@ -166,7 +167,7 @@ def test_a_smaller_run_never_takes_the_bytes_the_head_run_is_about_to_get():
 def test_a_head_needing_several_releases_lets_only_harmless_runs_pass():
     """Budget 1000 with 300+300+300 in flight: the head (800) needs two of them to end. A 50-byte run cannot
     delay it (after all three end, 800 + 50 still fit), so it may pass; a 250-byte one could, so it waits."""
-    sched = StreamScheduler(budget_bytes=1000, max_downloads=8, quant_workers=1, download=lambda p: p,
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=8, quant_workers=1, download=lambda p, i, lease: p,
                             quant=lambda p, local: p, cleanup=lambda p: None)  # fmt: skip
     for _ in range(3):
         assert sched.budget.try_reserve(300)
@@ -181,7 +182,7 @@ def test_context_is_carried_into_worker_threads():
     var.set("flow-run-1")
     seen = []
     sched = StreamScheduler(budget_bytes=10, max_downloads=2, quant_workers=1,
-                            download=lambda p: seen.append(var.get()), quant=lambda p, local: var.get(),
+                            download=lambda p, i, lease: seen.append(var.get()), quant=lambda p, local: var.get(),
                             cleanup=lambda p: None)  # fmt: skip
     report = sched.run(jobs([1, 1]))
     assert seen == ["flow-run-1"] * 2 and set(report.done.values()) == {"flow-run-1"}
@@ -206,7 +207,7 @@ def test_undeletable_files_keep_their_bytes_and_the_rest_fails_clearly():
     def broken_progress(kind, key, info):
         raise RuntimeError("artifact API down")
 
-    sched = StreamScheduler(budget_bytes=1000, max_downloads=2, quant_workers=1, download=lambda p: p,
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=2, quant_workers=1, download=lambda p, i, lease: p,
                             quant=lambda p, local: "ok", cleanup=cleanup, on_event=broken_progress)  # fmt: skip
     report = sched.run([Job("r00", 800, "r00"), Job("r01", 500, "r01"), Job("r02", 100, "r02")])
     assert report.done == {"r00": "ok", "r02": "ok"} and "PermissionError" in report.cleanup_failed["r00"]
@@ -232,7 +233,7 @@ def test_an_undeletable_run_dir_fails_cleanup_and_keeps_its_bytes(tmp_path):
         cleanup_run(fastq, "r01")
         cleanup_run(fastq, "r01")  # already gone is fine
         assert not (fastq / "r01").exists()
-        sched = StreamScheduler(budget_bytes=1000, max_downloads=1, quant_workers=1, download=lambda p: p,
+        sched = StreamScheduler(budget_bytes=1000, max_downloads=1, quant_workers=1, download=lambda p, i, lease: p,
                                 quant=lambda p, local: "ok", cleanup=lambda p: cleanup_run(fastq, p))  # fmt: skip
         report = sched.run([Job("r00", 600, "r00")])
         assert report.done == {"r00": "ok"} and "cannot delete" in report.cleanup_failed["r00"]
@@ -256,8 +257,8 @@ def test_an_interrupt_during_a_long_download_returns_promptly(tmp_path):
                                                 (RemoteFile(server.url(f"{run}.fastq.gz"), f"{run}.fastq.gz", len(data)),),
                                                 "single", len(data))) for run in runs]  # fmt: skip
         sched = StreamScheduler(budget_bytes=len(data) * 2, max_downloads=1, quant_workers=1, stop=stop,
-                                download=lambda r: download_run(r, tmp_path / "fastq", on_bytes=lambda n: started.set(),
-                                                                stop=stop),
+                                download=lambda r, i, lease: download_file(r, i, tmp_path / "fastq", lease=lease,
+                                                                           on_bytes=lambda n: started.set()),
                                 quant=lambda r, local: "quantified", cleanup=lambda r: None)  # fmt: skip
         threading.Thread(target=lambda: started.wait(10) and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
         t0 = time.monotonic()
@@ -268,5 +269,73 @@ def test_an_interrupt_during_a_long_download_returns_promptly(tmp_path):
         while [t for t in threading.enumerate() if t.name.startswith("stream")] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not [t for t in threading.enumerate() if t.name.startswith("stream")], "a worker is still running"
-    assert [key for _, kind, key in sched.report.events if kind == "admitted"] == ["SRR7000001"]
-    assert 0 < (tmp_path / "fastq" / "SRR7000001" / "SRR7000001.fastq.gz.part").stat().st_size < len(data)
+    parts = list((tmp_path / "fastq").glob("*/*.fastq.gz.part"))  # one had the connection; the other was queued
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(data)
+
+
+def test_slots_are_connections_and_a_runs_files_download_in_parallel():
+    """4 connections, a budget for two paired runs at a time: the old run-counting scheme kept 2 connections busy;
+    counting files, all 4 are (each run's two files in parallel)."""
+    active, peak, lock = [0], [0], threading.Lock()
+    per_run: dict[str, set[int]] = {}
+
+    def download(p, i, lease):
+        with lease.attempt():
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                per_run.setdefault(p, set()).add(active[0])
+            time.sleep(0.05)
+            with lock:
+                active[0] -= 1
+        return f"{p}_{i}"
+
+    sched = StreamScheduler(budget_bytes=1000, max_downloads=4, quant_workers=1, download=download,
+                            quant=lambda p, files: files, cleanup=lambda p: None)  # fmt: skip
+    report = sched.run([Job(f"r{i}", 500, f"r{i}", (250, 250)) for i in range(6)])
+    assert len(report.done) == 6 and report.done["r0"] == ["r0_0", "r0_1"]
+    assert peak[0] == 4 and report.max_connections == 4
+    assert report.reserved_high_water <= 1000
+
+
+def test_a_file_waiting_for_its_retry_holds_no_connection_and_no_bytes():
+    """One connection, budget for one run. r0's only file fails (nothing kept) and waits 0.4 s before its retry, as
+    Prefect's retry does: meanwhile r1 gets the connection and the bytes; r0's retry then takes them back before
+    r2, which was waiting longer."""
+    attempts: dict[str, int] = {}
+    timeline: list[tuple[str, str]] = []
+
+    def download(p, i, lease):
+        while True:
+            try:
+                with lease.attempt():
+                    attempts[p] = attempts.get(p, 0) + 1
+                    timeline.append(("start", p))
+                    if p == "r0" and attempts[p] == 1:
+                        raise OSError("connection reset")
+                    time.sleep(0.6 if p == "r1" else 0.05)
+                    return p
+            except OSError:
+                time.sleep(0.4)  # the retry delay, outside the attempt
+
+    sched = StreamScheduler(budget_bytes=600, max_downloads=1, quant_workers=1, download=download,
+                            quant=lambda p, files: p, cleanup=lambda p: None)  # fmt: skip
+    report = sched.run([Job("r0", 600, "r0"), Job("r1", 500, "r1"), Job("r2", 400, "r2")])
+    assert set(report.done) == {"r0", "r1", "r2"} and attempts["r0"] == 2
+    assert timeline[:3] == [("start", "r0"), ("start", "r1"), ("start", "r0")]  # r1 used the wait; r0's retry next
+    assert report.reserved_high_water <= 600
+
+
+def test_a_machine_wide_failure_stops_admissions():
+    def download(p, i, lease):
+        if p == "r0":
+            raise OSError(28, "No space left on device")
+        time.sleep(0.05)
+        return p
+
+    sched = StreamScheduler(budget_bytes=200, max_downloads=1, quant_workers=1, download=download,
+                            quant=lambda p, files: p, cleanup=lambda p: None,
+                            fatal=lambda exc: isinstance(exc, OSError) and exc.errno == 28)  # fmt: skip
+    report = sched.run([Job("r0", 200, "r0"), Job("r1", 100, "r1"), Job("r2", 100, "r2")])
+    assert "No space left" in report.fatal and not report.done
+    assert report.failed["r2"].startswith("not started: OSError")

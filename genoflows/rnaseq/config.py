@@ -21,12 +21,14 @@ class ConfigError(ValueError):
     """A species config file is missing, malformed or has bad values."""
 
 
-def params_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
-    """A pydantic model with exactly `fn`'s parameters (annotations incl. limits, defaults); unknown keys fail."""
+def params_model(fn: Callable[..., Any], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A pydantic model with exactly `fn`'s parameters (annotations incl. limits, defaults) except `exclude`
+    (what the caller sets once for all entries); unknown keys fail."""
     hints = typing.get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {
         p.name: (hints[p.name], ... if p.default is inspect.Parameter.empty else p.default)
         for p in inspect.signature(fn).parameters.values()
+        if p.name not in exclude
     }
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=f"The parameters of `{fn.__name__}`.",
                         **fields)  # fmt: skip

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from genoflows.rnaseq import simulate as sim
+from genoflows.testing import rnaseq_world as sim
 
 SPECIES = "Camponotus floridanus"
 RUNS = {  # run -> (layout, fragments, source)

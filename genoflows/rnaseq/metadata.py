@@ -92,7 +92,7 @@ def read_metadata(path: Path, species: str | None = None) -> RunTable:
     """Parse an amalgkit metadata.tsv, keeping one species (all when None); raise MetadataError on problems."""
     path = Path(path)
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # Excel writes a BOM; CRLF is handled by csv
             reader = csv.DictReader(fh, delimiter="\t")
             columns = list(reader.fieldnames or [])
             rows = list(reader)

@@ -69,19 +69,51 @@ def safe_filename(name: str, run: str) -> str:
     return name
 
 
+class SourceTransient(RuntimeError):
+    """A service failed in a way worth retrying (5xx, 429, dropped connection, a maintenance page)."""
+
+
+RETRY_AFTER_CAP_SECONDS = 120.0
+
+
 def _get(client: httpx.Client, url: str, params: dict | None = None, method: str = "GET") -> httpx.Response:
-    """One HTTP request with two quick retries on 5xx / connection errors (resolution is cheap, be patient)."""
-    last: Exception | None = None
-    for attempt in range(3):
-        try:
-            resp = client.request(method, url, params=params, follow_redirects=True)
-            if resp.status_code < 500 and resp.status_code != 429:
-                return resp
-            last = RuntimeError(f"HTTP {resp.status_code} from {url}")
-        except httpx.TransportError as exc:
-            last = exc
-        time.sleep(0.5 * (attempt + 1))
-    raise SourceUnavailable(f"{url}: {last}")
+    """One HTTP request, no retries here: 5xx, 429 and connection errors raise SourceTransient, and the caller's
+    Prefect task retries them with the project's one policy. A 429 waits out its Retry-After first, so the retry
+    never comes sooner than the server asked."""
+    try:
+        resp = client.request(method, url, params=params, follow_redirects=True)
+    except httpx.TransportError as exc:
+        raise SourceTransient(f"{url}: {type(exc).__name__}: {exc}") from exc
+    if resp.status_code == 429:
+        wait = _retry_after(resp.headers.get("retry-after"))
+        if wait:
+            time.sleep(min(wait, RETRY_AFTER_CAP_SECONDS))
+        raise SourceTransient(f"{url}: HTTP 429 Too Many Requests (Retry-After {resp.headers.get('retry-after')})")
+    if resp.status_code >= 500 or resp.status_code == 408:
+        raise SourceTransient(f"{url}: HTTP {resp.status_code} from the server")
+    return resp
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    if value.strip().isdigit():
+        return float(value.strip())
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    from datetime import UTC, datetime
+
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _looks_like_html(resp: httpx.Response) -> bool:
+    head = resp.text[:512].lstrip().lower()
+    return "html" in resp.headers.get("content-type", "").lower() or head.startswith(("<!doctype", "<html", "<?xml"))
 
 
 def _layout_note(run: Run, layout: str | None, source: str) -> tuple[str, ...]:
@@ -94,13 +126,21 @@ def resolve_ena(run: Run, client: httpx.Client, base_url: str) -> ResolvedRun:
     """ENA filereport -> `_1`/`_2` (paired, third unpaired file ignored) or the single file, with md5/bytes."""
     resp = _get(client, f"{base_url.rstrip('/')}/filereport",
                 {"accession": run.run, "result": "read_run", "fields": ENA_FIELDS, "format": "tsv"})  # fmt: skip
-    if resp.status_code != 200 or not resp.text.strip():
+    if resp.status_code == 200 and _looks_like_html(resp):  # a maintenance or login page, not a report
+        title = re.search(r"<title>(.*?)</title>", resp.text, re.I | re.S)
+        raise SourceTransient(f"ENA filereport answered an HTML page instead of a TSV for {run.run} "
+                              f"({(title.group(1).strip() if title else 'no title')[:80]!r}): ENA is probably "
+                              "under maintenance; will retry")  # fmt: skip
+    if resp.status_code not in (200, 204) or (resp.status_code == 204 or not resp.text.strip()):
         raise SourceUnavailable(f"ENA has no record of {run.run} (HTTP {resp.status_code})")
     lines = [line.split("\t") for line in resp.text.splitlines() if line.strip()]
     header, rows = lines[0], [dict(zip(lines[0], r, strict=False)) for r in lines[1:]]
+    if "run_accession" not in header or "fastq_ftp" not in header:
+        raise SourceTransient(f"ENA filereport for {run.run} is not the TSV asked for (first line "
+                              f"{resp.text.splitlines()[0][:80]!r}); will retry")  # fmt: skip
     row = next((r for r in rows if r.get("run_accession") == run.run), None)
-    if row is None or "fastq_ftp" not in header:
-        raise SourceUnavailable(f"ENA filereport for {run.run} has no row for the run")
+    if row is None:
+        raise SourceUnavailable(f"ENA filereport for {run.run} has no row for the run (ENA does not know it)")
     urls = [u for u in row.get("fastq_ftp", "").split(";") if u]
     if not urls:
         raise SourceUnavailable(f"ENA lists no FASTQ for {run.run} (empty fastq_ftp)")
@@ -161,6 +201,8 @@ def resolve_ncbi(run: Run, client: httpx.Client, sdl_url: str, expansion: float 
     try:
         result = resp.json()["result"][0]
     except (ValueError, KeyError, IndexError) as exc:
+        if resp.status_code == 200 and _looks_like_html(resp):
+            raise SourceTransient(f"NCBI SDL answered an HTML page instead of JSON for {run.run}; will retry") from exc
         raise SourceUnavailable(f"NCBI SDL answered {resp.status_code} without a result for {run.run}") from exc
     for f in result.get("files", []):
         if f.get("type") != "sra" or str(f.get("name", "")).endswith(".noqual"):
@@ -173,29 +215,28 @@ def resolve_ncbi(run: Run, client: httpx.Client, sdl_url: str, expansion: float 
     raise SourceUnavailable(f"NCBI SDL has no free .sra for {run.run}: {result.get('msg', 'no usable file')}")
 
 
-def _explicit_size(uri: str, client: httpx.Client, s3_size: Callable[[str], int] | None) -> int:
+def _explicit_size(uri: str, client: httpx.Client, s3: Callable[[], object] | None) -> int:
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
         return _with_size(client, RemoteFile(uri, "x", None)).size or 0
     if scheme == "s3":
-        if s3_size is None:
-            from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
-            from genoflows.fetch import classify_s3_error, s3_client, split_s3_uri
+        from genoflows.fetch import TransientFetchError, classify_s3_error, s3_client, split_s3_uri
 
-            bucket, key = split_s3_uri(uri)
-            try:
-                return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
-            except (ClientError, BotoCoreError) as exc:
-                raise classify_s3_error(uri, exc) from exc
-        return s3_size(uri)
+        bucket, key = split_s3_uri(uri)
+        try:
+            return int((s3() if s3 else s3_client()).head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except (ClientError, BotoCoreError) as exc:
+            err = classify_s3_error(uri, exc)
+            raise (SourceTransient(str(err)) if isinstance(err, TransientFetchError) else err) from exc
     path = Path(urlparse(uri).path if scheme == "file" else uri)
     if not path.is_file():
         raise ResolveError(f"{uri}: no such file (from the metadata's fastq_uris)")
     return path.stat().st_size
 
 
-def resolve_explicit(run: Run, client: httpx.Client, s3_size: Callable[[str], int] | None = None) -> ResolvedRun:
+def resolve_explicit(run: Run, client: httpx.Client, s3: Callable[[], object] | None = None) -> ResolvedRun:
     """URIs given in the metadata: 2 = paired, 1 = single; local names derived from the run id."""
     if len(run.uris) not in (1, 2):
         raise ResolveError(f"{run.run}: fastq_uris must list 1 (single) or 2 (paired) files, got {len(run.uris)}")
@@ -205,7 +246,7 @@ def resolve_explicit(run: Run, client: httpx.Client, s3_size: Callable[[str], in
         gz = ".gz" if uri.endswith(".gz") else ""
         name = f"{run.run}_{i + 1}.fastq{gz}" if layout == "paired" else f"{run.run}.fastq{gz}"
         md5 = run.md5s[i] if i < len(run.md5s) and MD5.match(run.md5s[i]) else None
-        files.append(RemoteFile(uri, name, _explicit_size(uri, client, s3_size), md5))
+        files.append(RemoteFile(uri, name, _explicit_size(uri, client, s3), md5))
     return ResolvedRun(run, "explicit", tuple(files), layout, sum(f.size or 0 for f in files), None,  # type: ignore[arg-type]
                        _layout_note(run, layout, "the given"))  # fmt: skip
 
@@ -217,12 +258,13 @@ class Endpoints:
     ncbi_sdl_url: str
     sra_expansion: float = SRA_EXPANSION
     timeout_s: float = 30.0
+    s3: Callable[[], object] | None = None  # an S3 client factory (credentials) for explicit s3:// URIs
 
 
 def resolve_run(run: Run, order: Sequence[str], endpoints: Endpoints, client: httpx.Client) -> ResolvedRun:
     """The first source in `order` that has the run; ResolveError listing every source's answer."""
     if run.uris:
-        return resolve_explicit(run, client)
+        return resolve_explicit(run, client, endpoints.s3)
     reasons = []
     for source in order:
         try:
@@ -240,20 +282,24 @@ def resolve_run(run: Run, order: Sequence[str], endpoints: Endpoints, client: ht
 
 def resolve_all(
     runs: Sequence[Run], order: Sequence[str], endpoints: Endpoints, *, workers: int = 8
-) -> tuple[list[ResolvedRun], list[tuple[str, str]]]:
-    """Resolve runs concurrently (one HTTP round trip each); failures come back as (run, reason), never raised."""
+) -> tuple[list[ResolvedRun], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Resolve runs concurrently (one HTTP round trip each). Returns (resolved, failed, transient): `failed`
+    runs no source has, `transient` runs a service could not answer for now (worth retrying); never raises."""
     bad = [s for s in order if s not in SOURCES]
     if bad:
         raise ResolveError(f"unknown source(s) {bad}; choose from {SOURCES}")
     resolved: list[ResolvedRun] = []
     failed: list[tuple[str, str]] = []
+    transient: list[tuple[str, str]] = []
     with httpx.Client(timeout=endpoints.timeout_s) as client, ThreadPoolExecutor(max(1, workers)) as pool:
         futures = [(r, pool.submit(resolve_run, r, order, endpoints, client)) for r in runs]
         for r, fut in futures:
             try:
                 resolved.append(fut.result())
+            except SourceTransient as exc:
+                transient.append((r.run, str(exc)))
             except (ResolveError, SourceUnavailable) as exc:
                 failed.append((r.run, str(exc)))
             except Exception as exc:  # noqa: BLE001 - S3, HTTP, OS or anything else: that run fails, not the species
                 failed.append((r.run, f"{type(exc).__name__}: {exc}"))
-    return resolved, failed
+    return resolved, failed, transient

@@ -9,7 +9,9 @@ concurrency. Layout on disk, per species:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
 import shutil
 import tempfile
@@ -23,11 +25,13 @@ from pathlib import Path
 from genoflows.fetch import fetch
 from genoflows.rnaseq.metadata import Layout
 from genoflows.rnaseq.sources import ResolvedRun
-from genoflows.rnaseq.stream import Stopped
+from genoflows.rnaseq.stream import FileLease, Stopped
 from genoflows.toolrun import run_tool
 from genoflows.tools import fasterq_dump, kallisto
 
 Log = Callable[[str], None]
+TOOL_LOG = "kallisto.log"  # kallisto's own output, kept beside abundance.tsv
+FASTERQ_LOG = "fasterq-dump.log"  # fasterq-dump's, for runs converted from .sra
 
 
 class TruncatedFastq(RuntimeError):
@@ -80,6 +84,7 @@ class LocalRun:
     expected_fragments: int | None
     downloaded_bytes: int
     seconds: float
+    tool_logs: tuple[Path, ...] = ()  # e.g. fasterq-dump's output, kept beside the quantification
 
     @property
     def run(self) -> str:
@@ -95,6 +100,7 @@ class QuantResult:
     p_pseudoaligned: float
     seconds: float
     source: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def count_fastq_records(path: Path) -> int:
@@ -138,49 +144,69 @@ def _resumable_bytes(dest: Path) -> int:
     return part.stat().st_size if part.exists() else 0
 
 
-def download_run(
+def download_file(
     res: ResolvedRun,
+    i: int,
     fastq_root: Path,
     *,
-    threads: int = 2,
-    log: Log | None = None,
+    lease: FileLease | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    provenance_dir: Path | None = None,
+    s3_client=None,
     stop: threading.Event | None = None,
-) -> LocalRun:
-    """Fetch (verified, resumable), convert .sra if needed, and make sure the reads are all there.
-
-    When `stop` is set the download ends at its next chunk with `Stopped`, leaving the partial file."""
-    t0 = time.monotonic()
+) -> Path:
+    """Fetch and verify file `i` of a run (one attempt; resumes a partial file). Within `lease.attempt()` the
+    transfer holds a connection and its bytes; a failure frees the connection (and bytes when nothing is kept)."""
+    f = res.files[i]
     run = res.run.run
     run_dir = fastq_root / run
     run_dir.mkdir(parents=True, exist_ok=True)
-    got = 0
-    paths = []
-    for f in res.files:
-        seen = [_resumable_bytes(run_dir / f.name)]  # already on disk from an earlier attempt: not downloaded now
+    dest = run_dir / f.name
+    seen = [_resumable_bytes(dest)]  # already on disk from an earlier attempt: not downloaded now
 
-        def progress(done: int, total: int | None, seen: list[int] = seen) -> None:
-            _check(stop, run)
-            if done < seen[0]:  # the transfer started over (range ignored, or S3, which does not resume)
-                seen[0] = 0
-            if on_bytes and done > seen[0]:
-                on_bytes(done - seen[0])
-            seen[0] = max(seen[0], done)
-
+    def progress(done: int, total: int | None) -> None:
+        if lease is not None:
+            lease.check()
         _check(stop, run)
-        result = fetch(f.uri, run_dir / f.name, md5=f.md5, size=f.size, progress=progress)
-        got += result.size if result.downloaded else 0
-        paths.append(result.path)
+        if done < seen[0]:  # the transfer started over (range ignored, or S3, which does not resume)
+            seen[0] = 0
+        if on_bytes and done > seen[0]:
+            on_bytes(done - seen[0])
+        seen[0] = max(seen[0], done)
+
+    with lease.attempt(kept=lambda: _resumable_bytes(dest)) if lease else contextlib.nullcontext():
+        return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client).path
+
+
+def finish_download(
+    res: ResolvedRun,
+    paths: list[Path],
+    *,
+    threads: int = 2,
+    log: Log | None = None,
+    stop: threading.Event | None = None,
+) -> LocalRun:
+    """The downloaded files as quantifiable reads: an `.sra` converted by fasterq-dump, read counts checked."""
+    t0 = time.monotonic()
+    run = res.run.run
     expected = res.expected_fragments
+    logs: tuple[Path, ...] = ()
     if res.needs_conversion:
         _check(stop, run)
         sra = paths[0]
         fasterq_dump.check_sra_magic(sra)
-        out, tmp = run_dir / "dump", run_dir / "dump-tmp"
+        out, tmp = sra.parent / "dump", sra.parent / "dump-tmp"
         shutil.rmtree(out, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, provenance_dir=provenance_dir, stop=stop)
+        tool_log = sra.parent / FASTERQ_LOG
+        with open(tool_log, "w") as fh:
+
+            def sink(line: str) -> None:
+                fh.write(line + "\n")
+                if log is not None and line.strip():
+                    log(line)
+
+            run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=sink, stop=stop)
+        logs = (tool_log,)
         shutil.rmtree(tmp, ignore_errors=True)
         sra.unlink()
         layout, files = fasterq_dump.collect_outputs(out, run)
@@ -189,7 +215,25 @@ def download_run(
         layout = res.layout or ("paired" if len(paths) == 2 else "single")
     if expected is None:
         expected = verify_fastqs(layout, tuple(paths))
-    return LocalRun(res, layout, tuple(paths), expected, got, round(time.monotonic() - t0, 3))
+    size = sum(f.size or 0 for f in res.files)
+    return LocalRun(res, layout, tuple(paths), expected, size, round(time.monotonic() - t0, 3), logs)
+
+
+def download_run(
+    res: ResolvedRun,
+    fastq_root: Path,
+    *,
+    threads: int = 2,
+    log: Log | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> LocalRun:
+    """A whole run, file after file, then `finish_download` (scripts, tests and the benchmark's batch scheme)."""
+    paths = []
+    for i in range(len(res.files)):
+        _check(stop, res.run.run)
+        paths.append(download_file(res, i, fastq_root, on_bytes=on_bytes, stop=stop))
+    return finish_download(res, paths, threads=threads, log=log, stop=stop)
 
 
 def quantify_run(
@@ -207,25 +251,55 @@ def quantify_run(
     Setting `stop` terminates kallisto; the temp dir is removed and nothing is marked done."""
     t0 = time.monotonic()
     run = local.run
+    notes: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=dirs.quant))
+    final = dirs.quant_dir(run)
     try:
         if local.layout == "single" and fragment is None:
-            fragment = kallisto.single_end_fragment(local.resolved.run.nominal_length)
+            nominal = local.resolved.run.nominal_length
+            fragment = kallisto.single_end_fragment(nominal)
+            if not nominal or nominal < 200:
+                notes.append(f"single-end fragment length defaulted to -l {fragment[0]:g} -s {fragment[1]:g} "
+                             f"(nominal_length {nominal or 'missing'}; amalgkit's rule); set fragment_length to override")  # fmt: skip
         argv = kallisto.quant_argv(index, tmp, local.files, local.layout, threads=threads, fragment=fragment)
-        run_tool(argv, log=log, provenance_dir=tmp, stop=stop)
-        info = kallisto.check_quant(tmp, targets, local.expected_fragments)
+        with open(tmp / TOOL_LOG, "w") as tool_log:  # the full tool output, kept next to the results
+
+            def sink(line: str) -> None:
+                tool_log.write(line + "\n")
+                if log is not None and line.strip():
+                    log(line)
+
+            run_tool(argv, log=sink, provenance_dir=tmp, stop=stop)
+        info = kallisto.check_quant(tmp, targets, local.expected_fragments, files=local.files)
+        keep = {"abundance.tsv", "run_info.json", "provenance.jsonl", TOOL_LOG}
         for extra in tmp.iterdir():
-            if extra.name not in ("abundance.tsv", "run_info.json", "provenance.jsonl"):
+            if extra.name not in keep:
                 extra.unlink()
+        for tool_log in local.tool_logs:  # the conversion's log joins kallisto's
+            if tool_log.is_file():
+                shutil.copyfile(tool_log, tmp / tool_log.name)
+        for name in ("run_info.json", "provenance.jsonl", TOOL_LOG):  # record where the result lives, not the temp dir
+            _replace_in_file(tmp / name, str(tmp), str(final))
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is not
-        final = dirs.quant_dir(run)
         if final.exists():  # an older, incomplete or superseded result: replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return QuantResult(run, local.layout, info.n_processed, info.n_pseudoaligned, info.p_pseudoaligned,
-                       round(time.monotonic() - t0, 3), local.resolved.source)  # fmt: skip
+                       round(time.monotonic() - t0, 3), local.resolved.source, tuple(notes))  # fmt: skip
+
+
+def _replace_in_file(path: Path, old: str, new: str) -> None:
+    """Rewrite a small text file with `old` replaced (JSON-escaped too), atomically; absent files are fine."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    fixed = text.replace(old, new).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
+    if fixed != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(fixed)
+        tmp.replace(path)
 
 
 def cleanup_run(fastq_root: Path, run: str) -> None:

@@ -136,7 +136,15 @@ def ensure_index(
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest_dir))
             try:
-                run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=log, provenance_dir=provenance_dir)
+                with open(tmp / "index.log", "w") as tool_log:  # kept beside the index
+
+                    def sink(line: str) -> None:
+                        tool_log.write(line + "\n")
+                        if log is not None and line.strip():
+                            log(line)
+
+                    run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=sink, provenance_dir=provenance_dir)
+                os.replace(tmp / "index.log", dest_dir / "index.log")
                 if not (tmp / "transcripts.idx").stat().st_size:
                     raise TranscriptomeError(f"kallisto wrote an empty index for {fasta}")
                 os.replace(tmp / "transcripts.idx", index)
@@ -186,7 +194,9 @@ def read_abundance(path: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def check_quant(out_dir: Path, targets: Sequence[str], expected_fragments: int | None) -> RunInfo:
+def check_quant(
+    out_dir: Path, targets: Sequence[str], expected_fragments: int | None, files: Sequence[Path] = ()
+) -> RunInfo:
     """Verify a quant dir: table with exactly the index's targets, run_info present, no reads lost."""
     info = parse_run_info(out_dir / "run_info.json")
     table = read_abundance(out_dir / "abundance.tsv")
@@ -195,11 +205,12 @@ def check_quant(out_dir: Path, targets: Sequence[str], expected_fragments: int |
     if list(table) != list(targets):
         missing = len(set(targets) - set(table))
         raise QuantCheckError(f"{out_dir}/abundance.tsv targets differ from the index ({missing} missing)")
+    names = ", ".join(Path(f).name for f in files) or "the FASTQ"
     if info.n_processed == 0:
-        raise QuantCheckError("kallisto processed 0 reads: the FASTQ is empty or unreadable")
+        raise QuantCheckError(f"kallisto processed 0 reads from {names}: empty or unreadable")
     if expected_fragments and info.n_processed < expected_fragments:
         raise QuantCheckError(
-            f"kallisto processed {info.n_processed} of {expected_fragments} expected reads/pairs: "
+            f"kallisto processed {info.n_processed} of {expected_fragments} expected reads/pairs from {names}: "
             "a FASTQ is truncated or the mates differ in length"
         )
     return info

@@ -142,9 +142,12 @@ class EnaCatalog:
     root: Path
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def add(self, sim: SimRun, *, host: str, extra_unpaired: Path | None = None, md5_override: str | None = None) -> None:
-        """Place the run's files in the tree and record fastq_ftp/md5/bytes as ENA would (no scheme)."""
-        files = list(sim.files) + ([extra_unpaired] if extra_unpaired else [])
+    def add(self, sim: SimRun, *, host: str, extra_unpaired: Path | None = None, md5_override: str | None = None,
+            unpaired_first: bool = False) -> None:  # fmt: skip
+        """Place the run's files in the tree and record fastq_ftp/md5/bytes as ENA would (no scheme); ENA lists a
+        paired run's unpaired third file first for some runs (`unpaired_first`)."""
+        extra = [extra_unpaired] if extra_unpaired else []
+        files = extra + list(sim.files) if unpaired_first else list(sim.files) + extra
         ftp, md5s, sizes = [], [], []
         for f in files:
             rel = ena_relpath(sim.run, f.name)
@@ -214,3 +217,49 @@ def make_sra(sim: SimRun, dest: Path) -> Path:
         run_tool(["kar", "--create", str(Path(tmp) / "run.sra"), "-d", str(arch)])
         (Path(tmp) / "run.sra").replace(dest)
     return dest
+
+
+def ena_server(root: Path, *, max_connections: int | None = None, bandwidth_bytes_per_s: float | None = None):
+    """A FileServer that behaves like ENA's file service towards one client: at most `max_connections` downloads at
+    once (more get 503 + Retry-After, as a provider's per-client cap does), each throttled to the per-connection
+    bandwidth, and it records how many downloads ran at once (`.max_active`) and how many it refused (`.refused`)."""
+    import threading
+    import time
+
+    from genoflows.testing.http_server import FileServer
+
+    server = FileServer(root, bandwidth_bytes_per_s=bandwidth_bytes_per_s)
+    server.max_connections = max_connections
+    server.active = server.max_active = server.refused = 0
+    server.busy_seconds = 0.0  # summed over downloads: busy / (wall x connections) = how well the cap was used
+    lock = threading.Lock()
+    base = server._httpd.RequestHandlerClass
+
+    class Capped(base):  # type: ignore[misc, valid-type]
+        def _send_file(self, target, path, fault):
+            if self.command != "GET":
+                return super()._send_file(target, path, fault)
+            with lock:
+                refuse = server.max_connections is not None and server.active >= server.max_connections
+                if refuse:
+                    server.refused += 1
+                else:
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
+            if refuse:
+                self._log(503)
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            t0 = time.monotonic()
+            try:
+                return super()._send_file(target, path, fault)
+            finally:
+                with lock:
+                    server.active -= 1
+                    server.busy_seconds += time.monotonic() - t0
+
+    server._httpd.RequestHandlerClass = Capped
+    return server
