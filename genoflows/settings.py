@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,15 @@ class Settings(BaseSettings):
     retry_max_delay_seconds: float = Field(
         120.0, ge=0, description="Cap of one retry delay; with the defaults the retries span about six minutes."
     )
+
+    # --- scale-out (tasks/runners.py) ---
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads", description="Task runner of every flow: threads (one machine), dask or ray (a cluster)."
+    )
+    max_workers: int = Field(16, ge=1, description="Threads of the default task runner (Prefect's is unbounded).")
+    dask_address: str | None = Field(None, description="Dask scheduler to join (tcp://host:8786); None = local.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of a local Dask cluster.")
+    ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None = local.")
 
 
 @lru_cache
