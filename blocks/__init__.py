@@ -6,6 +6,7 @@ pass its name to a flow (`aws_credentials_block="lab-aws"`). The project's own b
 
 from prefect_aws import AwsCredentials, S3Bucket
 
+from blocks.aws_batch import AwsBatch
 from blocks.tool_images import ToolImages
 
-__all__ = ["AwsCredentials", "S3Bucket", "ToolImages"]
+__all__ = ["AwsBatch", "AwsCredentials", "S3Bucket", "ToolImages"]

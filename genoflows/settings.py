@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +75,15 @@ class Settings(BaseSettings):
     imputation_poll_factor: float = Field(1.5, ge=1, description="Growth of the poll interval per unchanged status.")
     imputation_poll_cap_seconds: float = Field(300.0, gt=0, description="Longest wait while a job runs.")
     imputation_poll_queued_cap_seconds: float = Field(900.0, gt=0, description="Longest wait while a job is queued.")
+
+    # --- scale-out (tasks/runners.py) ---
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads", description="Task runner of every flow: threads (one machine), dask or ray (a cluster)."
+    )
+    max_workers: int = Field(16, ge=1, description="Threads of the default task runner (Prefect's is unbounded).")
+    dask_address: str | None = Field(None, description="Dask scheduler to join (tcp://host:8786); None = local.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of a local Dask cluster.")
+    ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None = local.")
 
 
 @lru_cache

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+from genoflows import batch
 from genoflows.settings import get_settings
 
 PROVENANCE_FILE = "provenance.jsonl"
@@ -72,6 +73,7 @@ class ToolRun:
     image: str | None = None
     started: str = ""
     tail: list[str] = field(default_factory=list)
+    executor: dict | None = None  # where it ran when not here, e.g. {"batch_job_id", "queue", "job_definition"}
 
 
 def _tool_name(argv0: str) -> str:
@@ -152,6 +154,9 @@ def run_tool(
     """
     argv = [str(a) for a in argv]
     tool = _tool_name(argv[0])
+    if (batch_runner := batch.runner_for(tool)) is not None:  # configured to run as an AWS Batch job
+        return _run_on_batch(batch_runner, tool, argv, cwd=cwd, env=env, log=log, stop=stop,
+                             provenance_dir=provenance_dir, mounts=mounts)
     image = image_for(tool) if use_image else None
     if image is None and (local := which(argv[0])) is None:
         raise ToolNotFound(
@@ -202,6 +207,28 @@ def run_tool(
         if stop is not None and stop.is_set():
             raise ToolStopped(tool, argv, returncode, list(tail))
         raise ToolError(tool, argv, returncode, list(tail))
+    return record
+
+
+def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mounts) -> ToolRun:
+    """One tool call as one Batch job (genoflows.batch): same argv, outputs back in the same places."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    job = runner.run(tool, argv, cwd=cwd, env=env, log=log, stop=stop,
+                     extra_inputs=[m for m in mounts if Path(m).is_file()])
+    record = ToolRun(
+        tool=tool,
+        version="batch",
+        argv=list(argv),
+        returncode=(job.get("container") or {}).get("exitCode") or 0,
+        seconds=round(time.monotonic() - t0, 3),
+        image=(job.get("container") or {}).get("image"),
+        started=started,
+        executor={"batch_job_id": job.get("jobId"), "queue": runner.config.job_queue,
+                  "job_definition": job.get("jobDefinition")},
+    )
+    if provenance_dir is not None:
+        record_provenance(provenance_dir, record)
     return record
 
 

@@ -1,0 +1,94 @@
+"""The ECS work pool's base job template renders, for every ECS deployment in prefect.yaml, the task definition
+an ECS worker would register (prefect-aws's own rendering code), and refuses a deployment missing a role."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from prefect.client.schemas.objects import FlowRun
+from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = json.loads((ROOT / "deployments" / "ecs" / "base-job-template.json").read_text())
+pytestmark = pytest.mark.usefixtures("prefect_harness")  # prefect-aws resolves block references via the API
+
+ENV = {
+    "GENOFLOWS_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/genoflows:0.1.0",
+    "GENOFLOWS_ECS_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/genoflows-ecs-execution",
+    "GENOFLOWS_ECS_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/genoflows-flow",
+    "GENOFLOWS_STATE_URI": "s3://lab-genoflows-state",
+}
+
+
+def _substitute(value, env):
+    """prefect deploy's `{{ $VAR }}` substitution of job variables."""
+    if isinstance(value, str):
+        return re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: env[m.group(1)], value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env) for v in value]
+    return value
+
+
+def ecs_deployments() -> list[dict]:
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return [d for d in config["deployments"] if d["work_pool"]["name"] == "genoflows-ecs"]
+
+
+def render(job_variables: dict) -> tuple[dict, ECSJobConfiguration]:
+    """Validate the variables as the server does, then build the task definition as the ECS worker does."""
+    schema = TEMPLATE["variables"]
+    values = {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+    values.update(job_variables)
+    jsonschema.validate(values, schema)
+    config = asyncio.run(ECSJobConfiguration.from_template_and_values(TEMPLATE, values))
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="nightly-ants", deployment_id=uuid.uuid4())
+    config.prepare_for_flow_run(flow_run)
+    return ECSWorker(work_pool_name="genoflows-ecs")._prepare_task_definition(config, "eu-west-1", flow_run), config
+
+
+def test_the_template_keeps_every_setting_prefect_aws_knows():
+    default = ECSWorker.get_default_base_job_template()
+    assert set(default["job_configuration"]) <= set(TEMPLATE["job_configuration"])
+    assert set(default["variables"]["properties"]) <= set(TEMPLATE["variables"]["properties"])
+
+
+def test_there_are_ecs_deployments():
+    names = {d["entrypoint"] for d in ecs_deployments()}
+    assert "flows/rnaseq_quant.py:rnaseq_multi_species" in names
+
+
+@pytest.mark.parametrize("deployment", ecs_deployments(), ids=lambda d: d["name"])
+def test_each_ecs_deployment_renders_a_task_definition(deployment):
+    task_definition, config = render(_substitute(deployment["work_pool"].get("job_variables", {}), ENV))
+    assert len(task_definition["containerDefinitions"]) == 1  # the flow image, not a second default one
+    container = task_definition["containerDefinitions"][0]
+    assert container["name"] == "genoflows"
+    assert container["image"] == ENV["GENOFLOWS_IMAGE"]
+    assert task_definition["executionRoleArn"] == ENV["GENOFLOWS_ECS_EXECUTION_ROLE_ARN"]
+    assert config.task_run_request["overrides"]["taskRoleArn"] == ENV["GENOFLOWS_ECS_TASK_ROLE_ARN"]
+    assert task_definition["requiresCompatibilities"] == ["FARGATE"] and task_definition["networkMode"] == "awsvpc"
+    assert int(task_definition["cpu"]) >= 1024 and int(task_definition["memory"]) >= 4096
+    logs = container["logConfiguration"]
+    assert logs["logDriver"] == "awslogs" and logs["options"]["awslogs-stream-prefix"] == "genoflows"
+    env = config.env
+    assert env["GENOFLOWS_DATA_DIR"].startswith("/tmp/")  # a fresh task's disk is scratch; state lives on s3://
+
+
+@pytest.mark.parametrize("role", ["execution_role_arn", "task_role_arn"])
+def test_a_deployment_missing_a_role_is_refused_naming_it(role):
+    variables = {"image": ENV["GENOFLOWS_IMAGE"], "execution_role_arn": ENV["GENOFLOWS_ECS_EXECUTION_ROLE_ARN"],
+                 "task_role_arn": ENV["GENOFLOWS_ECS_TASK_ROLE_ARN"]}
+    del variables[role]
+    with pytest.raises(jsonschema.ValidationError, match=role):
+        render(variables)
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        render({**variables, role: "genoflows-role"})
