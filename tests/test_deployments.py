@@ -117,3 +117,15 @@ def test_pools_env_file_takes_settings_and_refuses_secrets(tmp_path):
         bad.write_text(line + "\n")
         with pytest.raises(SystemExit, match=why):
             read_env_file(bad)
+
+
+def test_readme_settings_table_lists_every_setting():
+    """Runs started from the UI get settings only through the documented place, so the table must be complete."""
+    from genoflows.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Settings"):]
+    table = table[:table.index("\n## ", 5)]
+    missing = [f"GENOFLOWS_{name.upper()}" for name in Settings.model_fields
+               if f"`GENOFLOWS_{name.upper()}`" not in table]
+    assert missing == [], f"README's settings table lacks {missing}"
