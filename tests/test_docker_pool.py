@@ -21,7 +21,7 @@ import pytest
 from genoflows.testing import podman
 from genoflows.testing.prefect_server import prefect_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold image build takes ~10 min
 ROOT = Path(__file__).resolve().parents[1]
 
 
