@@ -1,8 +1,8 @@
 """Run an external tool from an argv list, keep its full output as a file, summarise it in the run log.
 
-Every tool call in genoflows goes through `run_tool`: no shell; the tool's whole output goes to a log file
-next to the outputs (`<provenance_dir>/logs/`), the run log gets one summary line per call (the last lines
-when it fails), the last lines are kept for the error message, and a provenance record (tool, version, argv,
+Every tool call in genoflows goes through `run_tool`: no shell; the tool's whole output is appended to
+`tools.log` next to the outputs (beside `provenance.jsonl`, one headed block per call), the run log gets one
+summary line per call (the last lines when it fails), the last lines are kept for the error message, and a provenance record (tool, version, argv,
 exit code, duration, image, log file) is appended next to the outputs. So a run of 300 kallisto calls has a
 readable log, and every word each tool said is still there.
 
@@ -14,12 +14,15 @@ capabilities, no privilege escalation, the caller's uid.
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +35,7 @@ from genoflows.images import check_engine, check_image
 from genoflows.settings import get_settings
 
 PROVENANCE_FILE = "provenance.jsonl"
-LOG_DIR = "logs"
+TOOL_LOG = "tools.log"
 
 # How each tool reports its version: argv suffix and a regex whose first group is the version.
 VERSION_COMMANDS: dict[str, tuple[list[str], str]] = {
@@ -80,7 +83,8 @@ class ToolRun:
     image: str | None = None
     started: str = ""
     tail: list[str] = field(default_factory=list)
-    log: str | None = None  # the full output, relative to the provenance directory
+    log: str | None = None  # the file holding the full output, relative to the provenance directory
+    log_offset: int | None = None  # where this call's block starts in it (bytes)
     lines: int = 0
 
 
@@ -174,7 +178,7 @@ def run_tool(
 ) -> ToolRun:
     """Run argv (no shell); raise ToolError on a non-zero exit.
 
-    The full output goes to `<provenance_dir>/logs/<n>-<tool>.log` (when a provenance_dir is given); `log`
+    The full output is appended to `<provenance_dir>/tools.log` (when a provenance_dir is given); `log`
     receives one summary line per call, plus the last lines when the tool fails. If the tool has a container
     image configured it runs there: `mounts` (its inputs) read-only, `cwd` the one writable directory,
     `network` only for tools that download. `stdout_path` captures stdout to a file (for tools whose stdout is
@@ -193,15 +197,13 @@ def run_tool(
     version = tool_version(tool)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    log_path = _new_log_path(provenance_dir, tool) if provenance_dir is not None else None
     lines = 0
     t0 = time.monotonic()
     full_env = {**os.environ, **(env or {})}
     out_handle = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115 - closed below
-    log_handle = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
+    part = _partial_log(provenance_dir) if provenance_dir is not None else None
+    log_path = log_offset = None
     try:
-        if log_handle:
-            log_handle.write(f"# {' '.join(cmd)}\n")
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -216,18 +218,23 @@ def run_tool(
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\r\n")
             lines += 1
-            if log_handle:
-                log_handle.write(line + "\n")
+            if part:
+                part.write(line + "\n")
             if line.strip():
                 tail.append(line)
         returncode = proc.wait()
+        if part:
+            part.close()
+            command = shlex.join(cmd).replace("\n", "\\n")  # one header line, whatever the argv holds
+            header = f"### {started} {tool} {version} exit {returncode}: {command}\n"
+            log_path, log_offset = _append_log(Path(provenance_dir) / TOOL_LOG, header, Path(part.name))
     finally:
         if out_handle:
             out_handle.close()
-        if log_handle:
-            log_handle.close()
+        if part:
+            part.close()
+            Path(part.name).unlink(missing_ok=True)
     seconds = round(time.monotonic() - t0, 3)
-    log_rel = str(log_path.relative_to(provenance_dir)) if log_path and provenance_dir is not None else None
     record = ToolRun(
         tool=tool,
         version=version,
@@ -237,7 +244,8 @@ def run_tool(
         image=image,
         started=started,
         tail=list(tail)[-5:],
-        log=log_rel,
+        log=TOOL_LOG if log_path else None,
+        log_offset=log_offset,
         lines=lines,
     )
     if provenance_dir is not None:
@@ -266,20 +274,27 @@ def summary_line(record: ToolRun, log_path: Path | None) -> str:
 _log_lock = threading.Lock()
 
 
-def _new_log_path(directory: Path, tool: str) -> Path:
-    """`<directory>/logs/<n>-<tool>.log`, n one more than the files already there (safe across threads)."""
-    logs = Path(directory) / LOG_DIR
-    logs.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", tool)
-    with _log_lock:
-        n = len(list(logs.glob("*.log"))) + 1
-        while True:
-            path = logs / f"{n:03d}-{safe}.log"
-            try:
-                path.touch(exist_ok=False)
-                return path
-            except FileExistsError:
-                n += 1
+def _partial_log(directory: Path):
+    """A hidden file in `directory` collecting one call's output until it is appended to tools.log."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed and removed by run_tool
+        "w", encoding="utf-8", dir=directory, prefix=f".{TOOL_LOG}.", suffix=".part", delete=False)
+
+
+def _append_log(path: Path, header: str, part: Path) -> tuple[Path, int]:
+    """Append header + the partial file as one block (a thread and a file lock: concurrent tools and processes
+    writing the same directory never interleave); returns (path, offset of the block)."""
+    with _log_lock, open(path, "ab") as out:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        try:
+            out.seek(0, os.SEEK_END)
+            offset = out.tell()
+            out.write(header.encode())
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out)
+        finally:
+            fcntl.flock(out, fcntl.LOCK_UN)
+    return path, offset
 
 
 def _terminate_when(proc: subprocess.Popen, stop: threading.Event) -> None:

@@ -20,8 +20,9 @@ def test_full_output_in_a_log_file_and_one_summary_line(tmp_path):
     assert records[0]["tool"] == "bcftools" and records[0]["version"].startswith("1.")
     assert records[0]["returncode"] == 0 and run.version == tool_version("bcftools")
     log_file = tmp_path / records[0]["log"]
-    assert str(log_file) in seen[0]  # the summary links the full log
+    assert log_file.name == "tools.log" and str(log_file) in seen[0]  # the summary names the full log
     assert "Copyright" in log_file.read_text() and records[0]["lines"] > 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["provenance.jsonl", "tools.log"]  # no partial left
 
 
 def test_a_chatty_tool_leaves_a_short_run_log_and_every_line_on_disk(tmp_path):
@@ -31,9 +32,26 @@ def test_a_chatty_tool_leaves_a_short_run_log_and_every_line_on_disk(tmp_path):
     for _ in range(3):
         run_tool([sys.executable, "-c", script], log=seen.append, provenance_dir=tmp_path)
     assert len(seen) == 3
-    logs = sorted((tmp_path / "logs").glob("*.log"))
-    assert [p.name[:3] for p in logs] == ["001", "002", "003"]  # one file per call, none overwritten
-    assert all(p.read_text().count("\n") == 401 for p in logs)  # the command line + every output line
+    text = (tmp_path / "tools.log").read_text()
+    assert text.count("### ") == 3 and text.count("\n") == 3 * 401  # a header + every line, per call
+    offsets = [r["log_offset"] for r in read_provenance(tmp_path)]
+    blocks = (tmp_path / "tools.log").read_bytes()
+    assert offsets[0] == 0 and all(blocks[o:o + 4] == b"### " for o in offsets)
+
+
+def test_concurrent_tools_in_one_directory_do_not_interleave(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = "import sys, time\nfor i in range(50): print(sys.argv[1], i, flush=True); time.sleep(0.002)"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda tag: run_tool([sys.executable, "-c", script, tag], provenance_dir=tmp_path),
+                      ["a", "b", "c", "d"]))
+    blocks = (tmp_path / "tools.log").read_text().split("### ")[1:]
+    assert len(blocks) == 4
+    for block in blocks:
+        body = block.splitlines()[1:]
+        tag = body[0].split()[0]
+        assert body == [f"{tag} {i}" for i in range(50)]
 
 
 def test_failure_carries_last_lines(tmp_path):
@@ -46,7 +64,7 @@ def test_failure_carries_last_lines(tmp_path):
     record = json.loads((tmp_path / "provenance.jsonl").read_text())
     assert record["returncode"] == 3
     assert "FAILED (exit 3)" in seen[0] and seen[-1].endswith("line 99") and len(seen) == 6
-    assert "line 0\n" in (tmp_path / record["log"]).read_text()
+    assert "line 0\n" in (tmp_path / record["log"]).read_text() and record["log_offset"] == 0
 
 
 def test_stdout_to_file_and_no_shell(tmp_path):
