@@ -80,9 +80,29 @@ def test_every_flow_has_process_and_docker_deployments():
         assert {"genoflows-process", "genoflows-docker"} <= pools, entry
 
 
+def _step_output(step_name: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a build step of prefect.yaml's definitions as `prefect deploy` does (its script, argv split)."""
+    step = _project()["definitions"]["build"][step_name][0]["prefect.deployments.steps.run_shell_script"]
+    argv = step["script"].split()
+    argv[1] = str(ROOT / argv[1])
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
 def _image_step_output(env: dict[str, str]) -> subprocess.CompletedProcess:
-    step = _project()["definitions"]["build"]["image_name"][0]["prefect.deployments.steps.run_shell_script"]
-    return subprocess.run(step["script"].split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return _step_output("image_name", env)
+
+
+def test_process_deployments_never_get_an_empty_checkout(tmp_path):
+    process_deps = [d for d in _deployments() if d["work_pool"]["name"] == "genoflows-process"]
+    for dep in process_deps:
+        assert dep["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ home.stdout }}"
+        assert dep["build"][0]["prefect.deployments.steps.run_shell_script"]["id"] == "home", dep["name"]
+    env = {k: v for k, v in os.environ.items() if k != "GENOFLOWS_HOME"}
+    assert _step_output("checkout_dir", env, cwd=tmp_path).stdout.strip() == str(ROOT)
+    assert _step_output("checkout_dir", {**env, "GENOFLOWS_HOME": str(ROOT)}).stdout.strip() == str(ROOT)
+    for bad, why in ((str(tmp_path), "not a genoflows checkout"), ("relative/dir", "absolute")):
+        out = _step_output("checkout_dir", {**env, "GENOFLOWS_HOME": bad})
+        assert out.returncode != 0 and why in out.stderr
 
 
 def test_docker_deployments_never_get_an_empty_image():

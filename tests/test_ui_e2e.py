@@ -61,7 +61,8 @@ def deployed(prefect_server, tmp_path_factory):
             f"GENOFLOWS_DATA_DIR={tmp / 'data'}\nGENOFLOWS_REFERENCE_DIR={tmp / 'refs'}\n"
             f"GENOFLOWS_CACHE_DIR={tmp / 'cache'}\n"
         )
-        env = _clean_env(prefect_server, GENOFLOWS_HOME=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2")
+        # no GENOFLOWS_HOME: the process deployments default to the checkout they are deployed from
+        env = _clean_env(prefect_server, PREFECT_WORKER_QUERY_SECONDS="2")
         pools = subprocess.run([sys.executable, "deployments/pools.py", "--env-file", str(env_file)], cwd=ROOT,
                                env=env, capture_output=True, text=True, timeout=300)
         assert pools.returncode == 0, pools.stdout + pools.stderr
@@ -97,6 +98,8 @@ def test_deploy_all_registers_every_deployment(deployed):
         assert got.work_pool_name == dep["work_pool"]["name"] and got.description == dep["description"]
         if dep["work_pool"]["name"] != "genoflows-process":
             assert got.job_variables["image"] == "genoflows:latest", name  # GENOFLOWS_IMAGE unset: never empty
+        else:  # GENOFLOWS_HOME unset: the checkout deployed from, never ""
+            assert got.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
         assert got.parameters == (dep.get("parameters") or {}), name
         assert bool(got.schedules) == bool(dep.get("schedules")), name
     assert by_name["rnaseq-multi-species-ecs"].parameters["configs"].startswith("s3://")
