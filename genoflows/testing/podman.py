@@ -30,8 +30,8 @@ BASE_PACKAGES = "python3,python3-venv,ca-certificates"
 BASE_IMAGE = "localhost/genoflows-base:bookworm-" + hashlib.sha256(BASE_PACKAGES.encode()).hexdigest()[:8]
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: What deployments/Dockerfile copies from the build context (its hash keys the flow image's tag).
-IMAGE_INPUTS = ("deployments/Dockerfile", "pyproject.toml", "README.md", "prefect.yaml", "deployments/image_name.py",
-                "genoflows", "tasks", "flows", "blocks")
+IMAGE_INPUTS = ("deployments/Dockerfile", "deployments/constraints.txt", "pyproject.toml", "README.md", "prefect.yaml",
+                "deployments/image_name.py", "genoflows", "tasks", "flows", "blocks")
 
 
 def podman_env(conf_dir: Path) -> dict[str, str]:
