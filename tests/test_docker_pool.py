@@ -108,4 +108,10 @@ def test_giab_runs_in_the_flow_image_on_the_docker_pool(prefect_server, podman_a
     assert metrics.stat().st_uid == 1000  # written by the image's non-root user
     assert any(m.startswith("[bcftools] bcftools ") and " ok in " in m for m in logs), logs[:40]
     assert any(f"metrics of {sample} written to /data/giab/{sample}/metrics.csv" in m for m in logs)
-    assert "Docker container" in worker_log or image in worker_log
+    assert f"Creating Docker container '{sample}'" in worker_log
+    import docker
+
+    client, deadline = docker.DockerClient(base_url=env["DOCKER_HOST"]), time.monotonic() + 60
+    while (left := client.containers.list(all=True, filters={"name": sample})) and time.monotonic() < deadline:
+        time.sleep(1)  # the engine removes an exited container asynchronously
+    assert left == []  # auto_remove: the next run of this sample can take the name again
