@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup tools venv demo test lint bench server clean
+.PHONY: setup tools venv demo test lint bench server pools constraints clean
 
 setup: tools venv
 
@@ -36,6 +36,14 @@ bench: setup
 
 server: venv
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+# Create/update the work pools prefect.yaml deploys to (settings from deployments/pools.env); needs PREFECT_API_URL.
+pools: venv
+	$(PY) deployments/pools.py
+
+# Pin the flow image's Python packages to what the tests ran with (after changing pyproject.toml).
+constraints: venv
+	$(PY) deployments/constraints.py
 
 clean:
 	rm -rf demo-output .pytest_cache

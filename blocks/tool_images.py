@@ -1,5 +1,8 @@
 """Container images per tool, kept on the Prefect server so a lab can switch hap.py or regenie to a pinned image
-from the UI without touching the code or the workers' environment."""
+from the UI without touching the code or the workers' environment.
+
+Whoever can edit this block decides what runs on the workers, so it accepts only an allow-listed engine and
+well-formed image references (no options, no paths); the tool runner checks again before it runs anything."""
 
 from __future__ import annotations
 
@@ -7,9 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, field_validator
+
+from genoflows.images import check_image
 
 _ENV = ("GENOFLOWS_TOOL_IMAGES", "GENOFLOWS_CONTAINER_ENGINE")
 
@@ -22,7 +28,16 @@ class ToolImages(Block):
     _description = "Container image per external tool, e.g. {'hap.py': 'pkrusche/hap.py:v0.3.12'}."
 
     images: dict[str, str] = Field(default_factory=dict, description="tool name -> image reference")
-    engine: str = Field("docker", description="docker or podman")
+    engine: Literal["docker", "podman"] = Field("docker", description="docker or podman")
+
+    @field_validator("images")
+    @classmethod
+    def _check_images(cls, images: dict[str, str]) -> dict[str, str]:
+        for tool, image in images.items():
+            if not tool or "/" in tool or tool.startswith("-"):
+                raise ValueError(f"tool name {tool!r} must be a plain program name such as hap.py")
+            check_image(image, f"image for {tool}")
+        return images
 
     @contextmanager
     def applied(self) -> Iterator[None]:

@@ -1,19 +1,28 @@
-"""Run an external tool from an argv list, stream its output, record its version.
+"""Run an external tool from an argv list, keep its full output as a file, summarise it in the run log.
 
-Every tool call in genoflows goes through `run_tool`: no shell, output lines handed to a callback as they
-arrive (the Prefect task wrapper sends them to the run log), the last lines kept for the error message, and a
-provenance record (tool, version, argv, exit code, duration, image) appended next to the outputs.
+Every tool call in genoflows goes through `run_tool`: no shell; the tool's whole output is appended to
+`tools.log` next to the outputs (beside `provenance.jsonl`, one headed block per call), the run log gets one
+summary line per call (the last lines when it fails), the last lines are kept for the error message, and a provenance record (tool, version, argv,
+exit code, duration, image, log file) is appended next to the outputs. So a run of 300 kallisto calls has a
+readable log, and every word each tool said is still there.
+
+A tool configured with an image runs in a container with the least it needs: its inputs mounted read-only,
+one writable directory (its working directory), no network unless the call says it downloads, no
+capabilities, no privilege escalation, the caller's uid.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,9 +32,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from genoflows import batch
+from genoflows.images import check_engine, check_image
 from genoflows.settings import get_settings
 
 PROVENANCE_FILE = "provenance.jsonl"
+TOOL_LOG = "tools.log"
 
 # How each tool reports its version: argv suffix and a regex whose first group is the version.
 VERSION_COMMANDS: dict[str, tuple[list[str], str]] = {
@@ -73,6 +84,9 @@ class ToolRun:
     image: str | None = None
     started: str = ""
     tail: list[str] = field(default_factory=list)
+    log: str | None = None  # the file holding the full output, relative to the provenance directory
+    log_offset: int | None = None  # where this call's block starts in it (bytes)
+    lines: int = 0
     executor: dict | None = None  # where it ran when not here, e.g. {"batch_job_id", "queue", "job_definition"}
 
 
@@ -99,14 +113,32 @@ def is_available(tool: str) -> bool:
     return which(tool) is not None or image_for(tool) is not None
 
 
-def container_argv(image: str, argv: Sequence[str], mounts: Sequence[Path], workdir: Path | None) -> list[str]:
-    """Wrap argv so it runs in `image`, with each mount bound at the same path inside."""
-    engine = get_settings().container_engine
-    wrapped = [engine, "run", "--rm", "--network", "host"]
-    for m in sorted({str(Path(m).resolve()) for m in mounts}):
-        wrapped += ["-v", f"{m}:{m}"]
-    if workdir is not None:
-        wrapped += ["-w", str(Path(workdir).resolve())]
+def container_argv(
+    image: str,
+    argv: Sequence[str],
+    inputs: Sequence[Path],
+    workdir: Path | None,
+    *,
+    network: bool = False,
+) -> list[str]:
+    """Wrap argv so it runs in `image` with the least it needs.
+
+    `inputs` are bound read-only at the same paths inside; `workdir` is the one writable directory (bound
+    read-write, the working directory); inputs at or below it are already covered by it. No network unless
+    `network` (a tool that downloads), no capabilities, no privilege escalation, the caller's uid:gid so
+    outputs belong to the caller. Engine and image are checked (allow-list, well-formed reference).
+    """
+    engine = check_engine(get_settings().container_engine)
+    check_image(image)
+    wrapped = [engine, "run", "--rm", "--network", "bridge" if network else "none", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges", "--user", f"{os.getuid()}:{os.getgid()}"]
+    writable = Path(workdir).resolve() if workdir is not None else None
+    for m in sorted({Path(m).resolve() for m in inputs}):
+        if writable is not None and m.is_relative_to(writable):
+            continue
+        wrapped += ["-v", f"{m}:{m}:ro"]
+    if writable is not None:
+        wrapped += ["-v", f"{writable}:{writable}:rw", "-w", str(writable)]
     return wrapped + [image, *argv]
 
 
@@ -144,13 +176,16 @@ def run_tool(
     tail_lines: int = 30,
     use_image: bool = True,
     stop: threading.Event | None = None,
+    network: bool = False,
 ) -> ToolRun:
-    """Run argv (no shell), streaming output lines to `log`; raise ToolError on a non-zero exit.
+    """Run argv (no shell); raise ToolError on a non-zero exit.
 
-    If the tool has a container image configured it runs there, with `mounts` (and cwd) bound at the same
-    paths. `stdout_path` captures stdout to a file (for tools whose stdout is data); stderr is then streamed.
-    Setting `stop` terminates the tool (SIGTERM, then SIGKILL) and raises ToolStopped: a cancelled flow run
-    does not wait for a long quantification to finish.
+    The full output is appended to `<provenance_dir>/tools.log` (when a provenance_dir is given); `log`
+    receives one summary line per call, plus the last lines when the tool fails. If the tool has a container
+    image configured it runs there: `mounts` (its inputs) read-only, `cwd` the one writable directory,
+    `network` only for tools that download. `stdout_path` captures stdout to a file (for tools whose stdout is
+    data); stderr is then what is logged. Setting `stop` terminates the tool (SIGTERM, then SIGKILL) and raises
+    ToolStopped: a cancelled flow run does not wait for a long quantification to finish.
     """
     argv = [str(a) for a in argv]
     tool = _tool_name(argv[0])
@@ -163,13 +198,16 @@ def run_tool(
             f"{tool} is not installed: install it (make setup installs the Debian tools) or set "
             f"GENOFLOWS_TOOL_IMAGES='{{\"{tool}\": \"<image>\"}}' to run it in a container"
         )
-    cmd = container_argv(image, argv, [*mounts, *([cwd] if cwd else [])], cwd) if image else [local, *argv[1:]]
+    cmd = container_argv(image, argv, mounts, cwd, network=network) if image else [local, *argv[1:]]
     version = tool_version(tool)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = 0
     t0 = time.monotonic()
     full_env = {**os.environ, **(env or {})}
     out_handle = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115 - closed below
+    part = _partial_log(provenance_dir) if provenance_dir is not None else None
+    log_path = log_offset = None
     try:
         proc = subprocess.Popen(
             cmd,
@@ -183,26 +221,45 @@ def run_tool(
         stream = proc.stderr if out_handle else proc.stdout
         assert stream is not None
         for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            tail.append(line)
-            if log is not None:
-                log(f"[{tool}] {line}")
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines += 1
+            if part:
+                part.write(line + "\n")
+            if line.strip():
+                tail.append(line)
         returncode = proc.wait()
+        if part:
+            part.close()
+            command = shlex.join(cmd).replace("\n", "\\n")  # one header line, whatever the argv holds
+            header = f"### {started} {tool} {version} exit {returncode}: {command}\n"
+            log_path, log_offset = _append_log(Path(provenance_dir) / TOOL_LOG, header, Path(part.name))
     finally:
         if out_handle:
             out_handle.close()
+        if part:
+            part.close()
+            Path(part.name).unlink(missing_ok=True)
+    seconds = round(time.monotonic() - t0, 3)
     record = ToolRun(
         tool=tool,
         version=version,
         argv=argv,
         returncode=returncode,
-        seconds=round(time.monotonic() - t0, 3),
+        seconds=seconds,
         image=image,
         started=started,
         tail=list(tail)[-5:],
+        log=TOOL_LOG if log_path else None,
+        log_offset=log_offset,
+        lines=lines,
     )
     if provenance_dir is not None:
         record_provenance(provenance_dir, record)
+    if log is not None:
+        log(summary_line(record, log_path))
+        if returncode != 0:
+            for line in list(tail)[-10:]:
+                log(f"[{tool}] {line}")
     if returncode != 0:
         if stop is not None and stop.is_set():
             raise ToolStopped(tool, argv, returncode, list(tail))
@@ -230,6 +287,41 @@ def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mo
     if provenance_dir is not None:
         record_provenance(provenance_dir, record)
     return record
+
+
+def summary_line(record: ToolRun, log_path: Path | None) -> str:
+    """One line for the run log: what ran, how it ended, where its full output is."""
+    where = f"; full log {log_path}" if log_path else ""
+    how = "ok" if record.returncode == 0 else f"FAILED (exit {record.returncode}), last lines below"
+    image = f" in {record.image}" if record.image else ""
+    return f"[{record.tool}] {record.tool} {record.version}{image}: {how} in {record.seconds:.1f} s, " \
+           f"{record.lines} output lines{where}"
+
+
+_log_lock = threading.Lock()
+
+
+def _partial_log(directory: Path):
+    """A hidden file in `directory` collecting one call's output until it is appended to tools.log."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed and removed by run_tool
+        "w", encoding="utf-8", dir=directory, prefix=f".{TOOL_LOG}.", suffix=".part", delete=False)
+
+
+def _append_log(path: Path, header: str, part: Path) -> tuple[Path, int]:
+    """Append header + the partial file as one block (a thread and a file lock: concurrent tools and processes
+    writing the same directory never interleave); returns (path, offset of the block)."""
+    with _log_lock, open(path, "ab") as out:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        try:
+            out.seek(0, os.SEEK_END)
+            offset = out.tell()
+            out.write(header.encode())
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out)
+        finally:
+            fcntl.flock(out, fcntl.LOCK_UN)
+    return path, offset
 
 
 def _terminate_when(proc: subprocess.Popen, stop: threading.Event) -> None:

@@ -7,6 +7,13 @@ declare -A PACKAGES=(
   [bcftools]=bcftools [tabix]=tabix [bgzip]=tabix [samtools]=samtools
   [kallisto]=kallisto [fasterq-dump]=sra-toolkit [minimac4]=minimac4 [shapeit4]=shapeit4 [plink2]=plink2
 )
+PACKAGES[podman]=podman             # deploy (issue 11): Docker Engine API for the Docker-pool test
+PACKAGES[runc]=runc                 # deploy: the OCI runtime podman uses here (crun fails on these hosts)
+PACKAGES[debootstrap]=debootstrap   # deploy: registry-free base image for the flow image
+PACKAGES[chromium]=chromium         # deploy: the UI end-to-end test's browser
+PACKAGES[chromedriver]=chromium-driver  # deploy: drives it (selenium)
+PACKAGES[curl]=curl                 # deploy: the documented REST calls
+PACKAGES[jq]=jq                     # deploy: formats their answers
 missing=()
 for bin in "${!PACKAGES[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${PACKAGES[$bin]}")

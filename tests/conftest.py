@@ -44,3 +44,13 @@ def settings_env(monkeypatch, tmp_path):
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+# deploy (issue 11): one real `prefect server start` shared by the slow server/UI/automation/docker-pool tests.
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on 127.0.0.1 (free port, SQLite in tmp), with UI and services; stopped at the end."""
+    from genoflows.testing.prefect_server import prefect_server as start
+
+    with start(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server

@@ -31,3 +31,20 @@ def test_block_register_and_roundtrip(prefect_harness):
     creds = AwsCredentials.load("lab-aws")
     assert creds.aws_secret_access_key.get_secret_value() == secret
     assert secret not in repr(creds) and secret not in str(creds.model_dump())
+
+
+def test_tool_images_block_accepts_only_allowed_engines_and_image_references():
+    """Whoever edits the block decides what runs on the workers: options, paths and other engines are refused."""
+    import pytest
+    from pydantic import ValidationError
+
+    from blocks import ToolImages
+
+    ok = ToolImages(images={"hap.py": "pkrusche/hap.py:v0.3.12", "regenie": "ghcr.io/rgcgithub/regenie:v4.1.2"},
+                    engine="podman")
+    assert ok.engine == "podman"
+    for bad in ({"engine": "sh"}, {"engine": "docker --privileged"},
+                {"images": {"hap.py": "--privileged"}}, {"images": {"hap.py": "pkrusche/hap.py:v0.3.12 -v /:/host"}},
+                {"images": {"hap.py": "/usr/bin/evil"}}, {"images": {"../hap.py": "pkrusche/hap.py:v0.3.12"}}):
+        with pytest.raises(ValidationError):
+            ToolImages(**bad)

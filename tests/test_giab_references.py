@@ -15,9 +15,10 @@ import pysam
 import pytest
 
 from genoflows.fetch import BadSourceFile, ChecksumMismatch, ContentMismatch, TransientFetchError, fetch
-from genoflows.giab import catalogue, demo_data, references
+from genoflows.giab import catalogue, references
 from genoflows.giab.checksums import Manifest
 from genoflows.giab.query import InputError, ensure_indexed
+from genoflows.testing import giab_world as demo_data
 from genoflows.testing.http_server import MAINTENANCE_PAGE, FileServer
 from genoflows.toolrun import ToolError
 
