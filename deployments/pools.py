@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -45,12 +47,35 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: str(v) for k, v in values.items()}
 
 
+ECS_TEMPLATE = Path(__file__).resolve().parent / "ecs" / "base-job-template.json"
+# ECS pool settings that are the pool's, not a run's environment: role ARNs become the template's defaults.
+ECS_ROLES = {"execution_role_arn": "GENOFLOWS_ECS_EXECUTION_ROLE_ARN", "task_role_arn": "GENOFLOWS_ECS_TASK_ROLE_ARN"}
+
+
+def ecs_template(env: dict[str, str]) -> tuple[dict, dict[str, str]]:
+    """The ECS pool's job template (deployments/ecs/base-job-template.json: image and both roles required) with
+    the role ARNs of `env` or the environment (GENOFLOWS_ECS_EXECUTION_ROLE_ARN / GENOFLOWS_ECS_TASK_ROLE_ARN) as
+    defaults; returns it with the rest of `env`. Without the roles a run on the pool is refused naming them."""
+    template = json.loads(ECS_TEMPLATE.read_text())
+    rest = dict(env)
+    for variable, setting in ECS_ROLES.items():
+        value = rest.pop(setting, None) or os.environ.get(setting)
+        if value:
+            template["variables"]["properties"][variable]["default"] = value
+    template["variables"]["properties"]["env"]["default"] = {
+        **template["variables"]["properties"]["env"].get("default", {}), **rest}
+    return template, rest
+
+
 async def ensure_pool(name: str, kind: str, env: dict[str, str]) -> str:
     """Create pool `name` of type `kind` (or update its job template) with `env` as the default environment."""
-    template = await get_default_base_job_template_for_infrastructure_type(kind)
-    if template is None:
-        raise SystemExit(f"no worker type {kind!r} is installed (pip install prefect-docker / prefect-aws)")
-    template["variables"]["properties"]["env"]["default"] = env
+    if kind == "ecs":
+        template, env = ecs_template(env)
+    else:
+        template = await get_default_base_job_template_for_infrastructure_type(kind)
+        if template is None:
+            raise SystemExit(f"no worker type {kind!r} is installed (pip install prefect-docker / prefect-aws)")
+        template["variables"]["properties"]["env"]["default"] = env
     async with get_client() as client:
         try:
             await client.read_work_pool(name)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,13 +26,19 @@ ENV = {
     "GENOFLOWS_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/genoflows:0.1.0",
     "GENOFLOWS_ECS_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/genoflows-ecs-execution",
     "GENOFLOWS_ECS_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/genoflows-flow",
-    "GENOFLOWS_STATE_URI": "s3://lab-genoflows-state",
 }
 
 
+def _image_step_output(env) -> str:
+    """What prefect.yaml's build step `image` (deployments/image_name.py) prints for this environment."""
+    return subprocess.run([sys.executable, str(ROOT / "deployments" / "image_name.py")], env={**os.environ, **env},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def _substitute(value, env):
-    """prefect deploy's `{{ $VAR }}` substitution of job variables."""
+    """prefect deploy's substitution of job variables: `{{ $VAR }}` and the build step's `{{ image.stdout }}`."""
     if isinstance(value, str):
+        value = value.replace("{{ image.stdout }}", _image_step_output(env))
         return re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: env[m.group(1)], value)
     if isinstance(value, dict):
         return {k: _substitute(v, env) for k, v in value.items()}
@@ -43,13 +52,25 @@ def ecs_deployments() -> list[dict]:
     return [d for d in config["deployments"] if d["work_pool"]["name"] == "genoflows-ecs"]
 
 
-def render(job_variables: dict) -> tuple[dict, ECSJobConfiguration]:
+def pool_template(roles: bool = True) -> dict:
+    """The ECS pool's template exactly as `make pools` (deployments/pools.py) creates it."""
+    from deployments.pools import ECS_ROLES, ecs_template
+
+    settings = {setting: ENV[setting] for setting in ECS_ROLES.values()} if roles else {}
+    with pytest.MonkeyPatch.context() as mp:
+        for setting in ECS_ROLES.values():
+            mp.delenv(setting, raising=False)
+        return ecs_template(settings)[0]
+
+
+def render(job_variables: dict, template: dict | None = None) -> tuple[dict, ECSJobConfiguration]:
     """Validate the variables as the server does, then build the task definition as the ECS worker does."""
-    schema = TEMPLATE["variables"]
+    template = template or pool_template()
+    schema = template["variables"]
     values = {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
     values.update(job_variables)
     jsonschema.validate(values, schema)
-    config = asyncio.run(ECSJobConfiguration.from_template_and_values(TEMPLATE, values))
+    config = asyncio.run(ECSJobConfiguration.from_template_and_values(template, values))
     flow_run = FlowRun(flow_id=uuid.uuid4(), name="nightly-ants", deployment_id=uuid.uuid4())
     config.prepare_for_flow_run(flow_run)
     return ECSWorker(work_pool_name="genoflows-ecs")._prepare_task_definition(config, "eu-west-1", flow_run), config
@@ -85,10 +106,11 @@ def test_each_ecs_deployment_renders_a_task_definition(deployment):
 
 @pytest.mark.parametrize("role", ["execution_role_arn", "task_role_arn"])
 def test_a_deployment_missing_a_role_is_refused_naming_it(role):
-    variables = {"image": ENV["GENOFLOWS_IMAGE"], "execution_role_arn": ENV["GENOFLOWS_ECS_EXECUTION_ROLE_ARN"],
-                 "task_role_arn": ENV["GENOFLOWS_ECS_TASK_ROLE_ARN"]}
-    del variables[role]
+    """A pool made without one role (no GENOFLOWS_ECS_*_ROLE_ARN when `make pools` ran) refuses every run."""
+    template = pool_template(roles=False)
+    other = ({"execution_role_arn", "task_role_arn"} - {role}).pop()
+    variables = {"image": ENV["GENOFLOWS_IMAGE"], other: ENV[f"GENOFLOWS_ECS_{other.split('_role')[0].upper()}_ROLE_ARN"]}
     with pytest.raises(jsonschema.ValidationError, match=role):
-        render(variables)
+        render(variables, template)
     with pytest.raises(jsonschema.ValidationError, match="does not match"):
-        render({**variables, role: "genoflows-role"})
+        render({**variables, role: "genoflows-role"}, template)
