@@ -19,10 +19,10 @@ from typing import Annotated, Literal
 
 from prefect import flow, runtime
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
+from blocks.aws_batch import AwsBatch, batch_for
 from blocks.tool_images import using_tool_images
 from genoflows.fetch import PermanentFetchError
 from genoflows.gwas import storage
@@ -45,6 +45,7 @@ from tasks.gwas import (
     step2,
     write_run_record,
 )
+from tasks.runners import fan_out_runner
 from tasks.runtime import run_logger, transient_retry_options
 
 Engine = Literal["auto", "regenie", "builtin"]
@@ -65,10 +66,11 @@ def gwas(
     manifest_etag: Annotated[str | None, Field(description="Run only this manifest version (set by the watcher).")] = None,
     aws_credentials: AwsCredentials | None = None,
     tool_images_block: str | None = None,
+    batch: Annotated[AwsBatch | None, Field(description="Run the block's tools (e.g. regenie) as AWS Batch jobs.")] = None,
 ) -> str:
     """Run a GWAS from a manifest; returns where the results are."""
     log = run_logger()
-    with using_tool_images(tool_images_block):
+    with using_tool_images(tool_images_block), batch_for(batch):
         m, source = read_manifest.with_options(**transient_retry_options(ManifestError, ManifestChanged))(
             manifest, manifest_etag, aws_credentials)
         layout = RunLayout.for_run(out_dir, m.experiment_id, run_id or str(runtime.flow_run.id))
@@ -81,7 +83,7 @@ def gwas(
         for note in notes:
             log.warning(note)
 
-        with ThreadPoolTaskRunner(max_workers=max_parallel) as runner:
+        with fan_out_runner(max_parallel) as runner:  # threads by default; Dask/Ray by GENOFLOWS_TASK_RUNNER
             futures = [runner.submit(step2, parameters={"engine": eng, "inp": staged.regenie, "pred": Path(pred),
                                                         "unit": u, "layout": layout,
                                                         "aws_credentials": aws_credentials}) for u in units]

@@ -37,3 +37,11 @@ def configured_task_runner() -> TaskRunner:
             raise RuntimeError("GENOFLOWS_TASK_RUNNER=ray needs prefect-ray: pip install '.[ray]'") from exc
         return RayTaskRunner(address=s.ray_address)
     return ThreadPoolTaskRunner(max_workers=s.max_workers)
+
+
+def fan_out_runner(max_workers: int) -> TaskRunner:
+    """The runner of one fan-out inside a flow run (e.g. GWAS step 2 per chromosome): the configured kind, with
+    at most `max_workers` tasks at once on the default thread pool (a Dask/Ray cluster sets its own width)."""
+    if get_settings().task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    return configured_task_runner()

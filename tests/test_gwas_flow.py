@@ -152,6 +152,45 @@ def test_non_human_cohort_planted_signals_are_the_top_hits(env, tmp_path):
     assert merged == whole
 
 
+def test_step2_fan_out_on_a_dask_cluster_equals_the_thread_pool(env, tmp_path, monkeypatch):
+    """GENOFLOWS_TASK_RUNNER=dask: step 2's chromosome task runs execute in two Dask worker processes."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.gwas import gwas
+    from genoflows.settings import get_settings
+
+    cohort = make_cohort(tmp_path / "cohort", n_samples=300, variants_per_chrom=150)
+    manifest = {"experimentId": "fish", "s3Path": str(cohort.directory),
+                "inputData": {"format": "bed", "filePrefix": "cohort"},
+                "phenotype": {"file": "phenotype.txt", "columns": ["height"]},
+                "covariates": {"file": "covariates.txt"}, "traitType": "qt", "regenieOptions": {"--bsize": 100}}
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the Dask workers report to the same API
+    import tasks.runners
+
+    used = []  # plain data only: the flow (pickled into Dask's context) must not reach a live runner
+    configured = tasks.runners.configured_task_runner
+
+    def recording():
+        runner = configured()
+        used.append((type(runner).__name__, dict(getattr(runner, "cluster_kwargs", None) or {})))
+        return runner
+
+    monkeypatch.setattr(tasks.runners, "configured_task_runner", recording)
+    results = {}
+    for kind in ("threads", "dask"):
+        monkeypatch.setenv("GENOFLOWS_TASK_RUNNER", kind)
+        monkeypatch.setenv("GENOFLOWS_DASK_WORKERS", "2")
+        get_settings.cache_clear()
+        out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(tmp_path / kind), run_id="r1"))
+        results[kind] = gzip.decompress((out / "height.regenie.gz").read_bytes())
+        status = json.loads((out / "run.json").read_text())["chromosomes"]
+        assert {r["status"] for r in status} == {"done"} and len(status) == len(cohort.chromosomes)
+    get_settings.cache_clear()
+    assert used == [("DaskTaskRunner", {"n_workers": 2, "threads_per_worker": 1, "processes": True,
+                                        "dashboard_address": None})]  # threads: the bounded pool, no lookup
+    assert results["dask"] == results["threads"] and results["dask"].count(b"\n") > 4 * 100
+
+
 def _flow_runs(deployment_id):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
