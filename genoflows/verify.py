@@ -18,7 +18,9 @@ from pathlib import Path
 
 CHUNK = 1 << 20
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
-KINDS = ("vcf", "bcf", "bed", "fasta", "fastq", "tbi", "csi", "fai", "bai", "gzip", "checksum", "text", "data")
+KINDS = ("vcf", "bcf", "bed", "plink", "bgen", "fasta", "fastq", "tbi", "csi", "fai", "bai", "gzip", "checksum", "text",
+         "data")
+PLINK_MAGIC = b"\x6c\x1b"  # PLINK 1 .bed and PLINK 2 .pgen both start with these two bytes
 # FASTA sequence lines: IUPAC letters (any case), gaps, stop, and line ends.
 _SEQ_BYTES = b"".join(bytes([c]) for c in range(256) if chr(c).isalpha() and c < 128) + b"*-.\r\n"
 
@@ -33,7 +35,9 @@ def infer_kind(name: str) -> str:
     table = [
         ((".vcf.gz", ".vcf.bgz", ".vcf", ".gvcf.gz", ".gvcf"), "vcf"),
         ((".bcf",), "bcf"),
-        ((".bed.gz", ".bed"), "bed"),
+        ((".bed.gz", ".bed"), "bed"),  # or a PLINK 1 .bed: check() tells them apart by the PLINK magic
+        ((".pgen",), "plink"),
+        ((".bgen",), "bgen"),
         ((".fa.gz", ".fasta.gz", ".fna.gz", ".fa", ".fasta", ".fna"), "fasta"),
         ((".fastq.gz", ".fq.gz", ".fastq", ".fq"), "fastq"),
         ((".tbi",), "tbi"),
@@ -79,6 +83,16 @@ def check(path: Path, kind: str | None = None, *, deep: bool = True) -> None:
         head = fh.read(4096)
     if (what := describe_body(head)) is not None:
         raise ContentError(what)
+    if kind == "bed" and head[:2] == PLINK_MAGIC:
+        kind = "plink"  # genotypes (PLINK 1 binary), not intervals: same suffix, told apart by the magic
+    if kind == "plink":
+        if head[:2] != PLINK_MAGIC:
+            raise ContentError(f"not a PLINK .bed/.pgen (no 0x6c1b magic); got {_looks_like(head)}")
+        return  # the readers check the size against .bim/.fam or .pvar/.psam
+    if kind == "bgen":
+        if len(head) < 20 or head[16:20] not in (b"bgen", b"\0\0\0\0"):
+            raise ContentError(f"not a BGEN file (no 'bgen' magic in its header); got {_looks_like(head)}")
+        return
     gz = head[:2] == b"\x1f\x8b"
     if kind in ("tbi", "csi", "bcf", "gzip") or (path.name.lower().removesuffix(".part").endswith((".gz", ".bgz"))
                                                   and kind not in ("checksum", "text", "data")):

@@ -207,7 +207,7 @@ def quant_run(
     stop: threading.Event | None = None,
 ) -> QuantResult:
     """Convert/verify the downloaded reads, then kallisto quant into a temp dir, checked against the index's
-    targets, renamed to quant/<run> (kallisto's output kept there as kallisto.log)."""
+    targets, renamed to quant/<run> (kallisto's full output kept there as tools.log)."""
     local: LocalRun = finish_download(res, paths, threads=threads, stop=stop)
     idx, targets = index.result() if hasattr(index, "result") else index  # built while the first runs downloaded
     return _quantify(local, idx, targets, SpeciesDirs(species_root), threads=1, fragment=fragment, stop=stop)

@@ -200,6 +200,9 @@ def test_urls_are_redacted_in_errors(mirror, tmp_path):
         ("x.fa.fai", b"chr1\t100\tsix\t60\t61\n", "FASTA index line 1"),
         ("md5sum", b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "XML error document"),
         ("SRR1.sra", b"<html><body>blocked</body></html>", "HTML page"),
+        ("example.bed", b"<html><body>maintenance</body></html>", "HTML page"),
+        ("example.pgen", b"PK\x03\x04 not a pgen", "not a PLINK"),
+        ("example.bgen", b"\x14\x00\x00\x00" * 8, "not a BGEN"),
     ],
 )
 def test_content_checks_say_what_arrived(tmp_path, name, body, message):
@@ -243,6 +246,18 @@ def test_safe_name_is_one_rule():
 def test_kinds_from_names():
     assert [verify.infer_kind(n) for n in (
         "HG002.g.vcf.gz", "NA24143.gvcf.gz", "conf.bed.gz", "GRCh38.fasta.gz", "x.vcf.gz.tbi", "x.bcf.csi",
-        "md5sum", "x.vcf.gz.md5", "SRR1_1.fastq.gz", "SRR1.sra", "x.vcf.gz.part",
-    )] == ["vcf", "vcf", "bed", "fasta", "tbi", "csi", "checksum", "checksum", "fastq", "data", "vcf"]
+        "md5sum", "x.vcf.gz.md5", "SRR1_1.fastq.gz", "SRR1.sra", "x.vcf.gz.part", "x.pgen", "x.bgen",
+    )] == ["vcf", "vcf", "bed", "fasta", "tbi", "csi", "checksum", "checksum", "fastq", "data", "vcf", "plink", "bgen"]
 
+
+
+def test_genotype_files_are_kept_by_their_magic_not_taken_for_text(tmp_path):
+    """A PLINK 1 .bed shares its suffix with BED intervals: its magic says it holds genotypes, not intervals."""
+    examples = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "regenie-example"
+    for name in ("example.bed", "example.pgen", "example.bgen"):
+        verify.check(examples / name)  # regenie's own example files pass
+    (tmp_path / "cohort.bed").write_bytes(b"\x6c\x1b\x01" + bytes(100))
+    verify.check(tmp_path / "cohort.bed")
+    (tmp_path / "regions.bed").write_bytes(b"chr1\t10\t5\n")
+    with pytest.raises(verify.ContentError, match="line 1"):
+        verify.check(tmp_path / "regions.bed")

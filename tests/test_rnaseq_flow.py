@@ -183,7 +183,7 @@ def test_flow_end_to_end_faults_budget_merge_and_resume(prefect_harness, world):
     done = {"SRR5000001", "SRR5000002", "SRR5000007", "SRR5000008", "SRR5000010"}
     assert {p.name for p in (sp / "quant").iterdir()} == done
     for run in done:
-        assert {p.name for p in (sp / "quant" / run).iterdir()} >= {"abundance.tsv", "run_info.json", "kallisto.log"}
+        assert {p.name for p in (sp / "quant" / run).iterdir()} >= {"abundance.tsv", "run_info.json", "tools.log"}
     assert (sp / "quant" / "SRR5000010" / "fasterq-dump.log").is_file()  # the .sra run's conversion log, kept
     failed = {r["run"]: r["reason"] for r in read_tsv(sp / "failed.tsv")}
     assert set(failed) == {"SRR5000004", "SRR5000005", "SRR5000006", "SRR5000009"}

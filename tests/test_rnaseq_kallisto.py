@@ -194,7 +194,7 @@ def test_counts_follow_the_simulated_truth_and_equal_kallisto_run_by_hand(tmp_pa
         info = json.loads((dirs.quant_dir(run) / "run_info.json").read_text())
         assert ".tmp-" not in info["call"] and f"-o {dirs.quant_dir(run)} " in info["call"]
         assert ".tmp-" not in (dirs.quant_dir(run) / "provenance.jsonl").read_text()
-        assert "pseudoaligned" in (dirs.quant_dir(run) / "kallisto.log").read_text()  # the tool's log, kept
+        assert "pseudoaligned" in (dirs.quant_dir(run) / "tools.log").read_text()  # the tool's full output, kept
 
 
 def test_a_defaulted_fragment_length_is_noted(tmp_path):

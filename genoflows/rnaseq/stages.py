@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from genoflows import toolrun
 from genoflows.fetch import fetch
 from genoflows.rnaseq.metadata import Layout
 from genoflows.rnaseq.sources import ResolvedRun
@@ -30,7 +31,7 @@ from genoflows.toolrun import run_tool
 from genoflows.tools import fasterq_dump, kallisto
 
 Log = Callable[[str], None]
-TOOL_LOG = "kallisto.log"  # kallisto's own output, kept beside abundance.tsv
+TOOL_LOG = toolrun.TOOL_LOG  # every tool call's full output (tools.log), kept beside abundance.tsv
 FASTERQ_LOG = "fasterq-dump.log"  # fasterq-dump's, for runs converted from .sra
 
 
@@ -197,15 +198,9 @@ def finish_download(
         out, tmp = sra.parent / "dump", sra.parent / "dump-tmp"
         shutil.rmtree(out, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-        tool_log = sra.parent / FASTERQ_LOG
-        with open(tool_log, "w") as fh:
-
-            def sink(line: str) -> None:
-                fh.write(line + "\n")
-                if log is not None and line.strip():
-                    log(line)
-
-            run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=sink, stop=stop)
+        tool_log = sra.parent / FASTERQ_LOG  # fasterq-dump's full output, joined to the run's results
+        run_tool(fasterq_dump.dump_argv(sra, out, tmp, threads), log=log, provenance_dir=tmp, stop=stop)
+        os.replace(tmp / TOOL_LOG, tool_log)
         logs = (tool_log,)
         shutil.rmtree(tmp, ignore_errors=True)
         sra.unlink()
@@ -262,14 +257,7 @@ def quantify_run(
                 notes.append(f"single-end fragment length defaulted to -l {fragment[0]:g} -s {fragment[1]:g} "
                              f"(nominal_length {nominal or 'missing'}; amalgkit's rule); set fragment_length to override")  # fmt: skip
         argv = kallisto.quant_argv(index, tmp, local.files, local.layout, threads=threads, fragment=fragment)
-        with open(tmp / TOOL_LOG, "w") as tool_log:  # the full tool output, kept next to the results
-
-            def sink(line: str) -> None:
-                tool_log.write(line + "\n")
-                if log is not None and line.strip():
-                    log(line)
-
-            run_tool(argv, log=sink, provenance_dir=tmp, stop=stop)
+        run_tool(argv, log=log, provenance_dir=tmp, stop=stop)  # full output -> tmp/tools.log, a summary -> log
         info = kallisto.check_quant(tmp, targets, local.expected_fragments, files=local.files)
         keep = {"abundance.tsv", "run_info.json", "provenance.jsonl", TOOL_LOG}
         for extra in tmp.iterdir():

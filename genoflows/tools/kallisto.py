@@ -20,7 +20,7 @@ from typing import Literal
 from filelock import FileLock
 
 from genoflows.fetch import file_digest
-from genoflows.toolrun import run_tool, tool_version
+from genoflows.toolrun import TOOL_LOG, record_provenance, run_tool, tool_version
 
 TOOL = "kallisto"
 ABUNDANCE_COLUMNS = ["target_id", "length", "eff_length", "est_counts", "tpm"]
@@ -136,15 +136,12 @@ def ensure_index(
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest_dir))
             try:
-                with open(tmp / "index.log", "w") as tool_log:  # kept beside the index
-
-                    def sink(line: str) -> None:
-                        tool_log.write(line + "\n")
-                        if log is not None and line.strip():
-                            log(line)
-
-                    run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=sink, provenance_dir=provenance_dir)
-                os.replace(tmp / "index.log", dest_dir / "index.log")
+                # kallisto's full output: tools.log of the build directory, kept beside the index as index.log
+                record = run_tool(index_argv(fasta, tmp / "transcripts.idx", k), log=log, provenance_dir=tmp)
+                os.replace(tmp / TOOL_LOG, dest_dir / "index.log")
+                if provenance_dir is not None:
+                    record.log, record.log_offset = str(dest_dir / "index.log"), 0
+                    record_provenance(Path(provenance_dir), record)
                 if not (tmp / "transcripts.idx").stat().st_size:
                     raise TranscriptomeError(f"kallisto wrote an empty index for {fasta}")
                 os.replace(tmp / "transcripts.idx", index)
