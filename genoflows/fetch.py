@@ -482,11 +482,9 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def s3_client(endpoint_url: str | None = None, aws_credentials: AwsCredentials | str | None = None):
+def s3_client(endpoint_url: str | None = None, aws_credentials: AwsCredentials | None = None):
     """A boto3 S3 client with the project's timeouts: from a prefect-aws `AwsCredentials` block object when
-    given, else from settings (keys, endpoint), else the default AWS credential chain (instance role, ~/.aws).
-
-    A saved block's name (a str) is still accepted while flows move to block-typed parameters."""
+    given, else from settings (keys, endpoint), else the default AWS credential chain (instance role, ~/.aws)."""
     import boto3
     from botocore.config import Config
 
@@ -497,12 +495,8 @@ def s3_client(endpoint_url: str | None = None, aws_credentials: AwsCredentials |
         read_timeout=s.http_timeout_seconds,
     )
     endpoint = endpoint_url or s.s3_endpoint_url
-    if isinstance(aws_credentials, str):
-        from prefect_aws import AwsCredentials
-
-        aws_credentials = AwsCredentials.load(aws_credentials)
-    if aws_credentials is not None:
-        endpoint = endpoint or aws_credentials.aws_client_parameters.endpoint_url
+    if aws_credentials is not None:  # the block's own endpoint is more specific than the process settings
+        endpoint = endpoint_url or aws_credentials.aws_client_parameters.endpoint_url or s.s3_endpoint_url
         return aws_credentials.get_boto3_session().client("s3", endpoint_url=endpoint, config=config)
     kwargs: dict = {"region_name": s.aws_region, "endpoint_url": endpoint}
     if s.aws_access_key_id and s.aws_secret_access_key:

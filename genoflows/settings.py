@@ -19,7 +19,7 @@ GIAB_PUBLIC_BASE = "https://ftp-trace.ncbi.nlm.nih.gov/ReferenceSamples/giab/rel
 class Settings(BaseSettings):
     """Everything a pipeline needs to know about where things are."""
 
-    # extra="ignore": the same .env usually carries PREFECT_* lines too (see shared/specs/prefect.md section 1).
+    # extra="ignore": the same .env usually carries PREFECT_* lines too.
     model_config = SettingsConfigDict(
         env_prefix="GENOFLOWS_", env_file=".env", extra="ignore", env_nested_delimiter="__"
     )

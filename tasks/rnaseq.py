@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import inspect
 import re
 import threading
 from collections.abc import Iterator
@@ -74,28 +73,14 @@ def is_machine_wide(exc: BaseException) -> bool:
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk full" in text or "not enough disk" in text
 
 
-# --- credentials (fetch-trust changes fetch_file/s3_client to take an AwsCredentials object) ------------------
+# --- credentials --------------------------------------------------------------------------------------------
 
 
 def s3_client_for(aws_credentials: Any | None):
     """An S3 client from an AwsCredentials block object (None: settings / the default chain)."""
     from genoflows.fetch import s3_client
 
-    if aws_credentials is None:
-        return s3_client()
-    if _NEW_FETCH_API:
-        return s3_client(None, aws_credentials)
-    endpoint = aws_credentials.aws_client_parameters.endpoint_url
-    return aws_credentials.get_boto3_session().client("s3", endpoint_url=endpoint or get_settings().s3_endpoint_url)
-
-
-def _new_fetch_api() -> bool:
-    from tasks.fetch import fetch_file
-
-    return "aws_credentials" in inspect.signature(fetch_file.fn).parameters
-
-
-_NEW_FETCH_API = _new_fetch_api()  # TODO(merge): always True once fetch-trust lands; drop the old branch
+    return s3_client(None, aws_credentials)
 
 
 def fetch_input(uri: str, dest_dir: Path, aws_credentials: Any | None = None, *, refresh: bool = False) -> Path:
@@ -115,10 +100,7 @@ def fetch_input(uri: str, dest_dir: Path, aws_credentials: Any | None = None, *,
     if refresh:
         dest.unlink(missing_ok=True)
     fetch = fetch_file.with_options(**transient_retry_options(PermanentFetchError))
-    if _NEW_FETCH_API:
-        return fetch(uri, dest, aws_credentials=aws_credentials).path
-    block = getattr(aws_credentials, "_block_document_name", None)
-    return fetch(uri, dest, aws_credentials_block=block).path
+    return fetch(uri, dest, aws_credentials=aws_credentials).path
 
 
 # --- resolution ------------------------------------------------------------------------------------------------

@@ -19,16 +19,9 @@ def is_s3(uri: str | Path) -> bool:
 
 def client_for(aws_credentials=None):
     """An S3 client from a prefect-aws `AwsCredentials` block object, else from settings / the AWS chain."""
-    from genoflows.settings import get_settings
-
-    endpoint = get_settings().s3_endpoint_url
-    if aws_credentials is not None:
-        params = getattr(aws_credentials, "aws_client_parameters", None)
-        endpoint = getattr(params, "endpoint_url", None) or endpoint
-        return aws_credentials.get_boto3_session().client("s3", endpoint_url=endpoint)
     from genoflows.fetch import s3_client
 
-    return s3_client()
+    return s3_client(None, aws_credentials)
 
 
 @dataclass(frozen=True)
