@@ -30,9 +30,14 @@ test: setup
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Every benchmark; each prints its ratios measured side by side in one run (the full-size ones take a while).
 bench: setup
 	$(PY) benchmarks/rnaseq_stream.py
 	$(PY) benchmarks/giab_engine.py
+	$(PY) benchmarks/regenie_engine.py
+	$(PY) benchmarks/gwas_fanout.py
+	$(PY) benchmarks/imputation_local.py
+	$(PY) benchmarks/orchestration_overhead.py
 
 server: venv
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
