@@ -26,6 +26,7 @@ from genoflows.rnaseq.metadata import load_runs, species_dirname
 from genoflows.rnaseq.stages import SpeciesDirs
 from genoflows.rnaseq.state import plan, write_failed
 from genoflows.rnaseq.stream import DiskSampler, human_bytes
+from genoflows.settings import get_settings
 from tasks import rnaseq as t
 from tasks.runtime import run_logger
 
@@ -101,16 +102,25 @@ def rnaseq_multi_species(
     Ends Failed when any species has failed runs; the message reports per species.
 
     Args:
-        configs: YAML file(s): one per species, or one with shared keys and a `species:` list of entries taking
-            rnaseq_quant's parameters.
+        configs: YAML file(s), local or s3:// / https://: one per species, or one with shared keys and a
+            `species:` list of entries taking rnaseq_quant's parameters. Relative inputs in a remote config sit
+            beside it; a relative out_dir goes under the data directory.
         disk_budget: the one budget for all species, e.g. "200GB" (default: the smallest species' disk_budget).
         max_downloads: download connections for all species (default: the smallest species' max_downloads).
         threads: kallisto cores for all species (default: the smallest species' threads).
         shared_limit: name of a disk shared with other flow runs (Prefect global concurrency limits).
         aws_credentials: AwsCredentials block for s3:// inputs.
     """
+    local, origins = [], {}
+    for spec in [configs] if isinstance(configs, str) else configs:  # s3:// or https:// configs are fetched first
+        if "://" in spec and not spec.startswith("file://"):
+            copy = str(t.fetch_input(spec, get_settings().data_dir / "configs", aws_credentials, refresh=True))
+            origins[copy] = spec
+            spec = copy
+        local.append(spec)
     try:
-        species = [c.model_dump() for c in load_configs(configs, SpeciesConfig)]
+        species = [c.model_dump() for c in load_configs(local, SpeciesConfig, origins,
+                                                         remote_out_root=get_settings().data_dir / "rnaseq")]
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
     budget = parse_size(disk_budget) if disk_budget else min(parse_size(c["disk_budget"]) for c in species)

@@ -285,14 +285,14 @@ def test_multi_species_from_one_yaml(prefect_harness, world, tmp_path):
     (root / "srv" / "inputs").mkdir(exist_ok=True)
     for name in ("transcripts.fa", "metadata.tsv"):  # inputs by URL this time
         (root / "srv" / "inputs" / name).write_bytes((root / name).read_bytes())
-    cfg = tmp_path / "project.yaml"
-    cfg.write_text(
-        f"transcriptome: {server.url('inputs/transcripts.fa')}\nout_dir: multi\ndisk_budget: 5MB\nsources: [ena]\n"
+    cfg = root / "srv" / "inputs" / "project.yaml"  # the config itself is remote (as the nightly deployment's)
+    cfg.write_text(  # relative inputs sit beside the config on the server; out_dir is a local absolute path
+        f"transcriptome: transcripts.fa\nout_dir: {tmp_path / 'multi'}\ndisk_budget: 5MB\nsources: [ena]\n"
         "species:\n"
-        f"  - {{species: {SPECIES}, metadata: '{server.url('inputs/metadata.tsv')}'}}\n"
+        f"  - {{species: {SPECIES}, metadata: metadata.tsv}}\n"
         "  - {species: Vespa crabro, metadata: [SRR5000007, SRR5000002]}\n"
     )
-    state, results = run_flow(rnaseq_multi_species, configs=str(cfg))
+    state, results = run_flow(rnaseq_multi_species, configs=server.url("inputs/project.yaml"))
     assert set(results) == {"Apis_mellifera", "Vespa_crabro"}
     assert results["Vespa_crabro"]["quantified"] == 2 and not results["Vespa_crabro"]["failures"]
     # one stream: both species' fastq/ sampled together stay within the one budget (5 MB)

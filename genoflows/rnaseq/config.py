@@ -8,6 +8,7 @@ Relative paths inside a YAML file are taken relative to that file, so a project 
 from __future__ import annotations
 
 import inspect
+import posixpath
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -34,18 +35,27 @@ def params_model(fn: Callable[..., Any], name: str, exclude: tuple[str, ...] = (
                         **fields)  # fmt: skip
 
 
-def _absolutise(value: object, base: Path) -> object:
+def _absolutise(value: object, base: Path | str) -> object:
+    """A relative path of a config resolved against the config's own location (a directory or a URI prefix)."""
     if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+        if isinstance(base, str):  # a config fetched from s3:// or https://: its inputs sit beside it there
+            return posixpath.join(base.rstrip("/"), value)
         return str((base / value).resolve())
     return value
 
 
-def load_configs(spec: str | list[str], model: type[BaseModel]) -> list[BaseModel]:
-    """A list of per-species YAML paths, or one YAML holding `species: [{...}, ...]` plus shared keys."""
+def load_configs(spec: str | list[str], model: type[BaseModel], origins: dict[str, str] | None = None,
+                 remote_out_root: Path | None = None) -> list[BaseModel]:
+    """A list of per-species YAML paths, or one YAML holding `species: [{...}, ...]` plus shared keys.
+
+    `origins` maps a local copy to the URI it was fetched from: its relative inputs resolve against that URI's
+    prefix, and its relative `out_dir` under `remote_out_root` (a remote config has no local directory)."""
+    origins = origins or {}
     paths = [spec] if isinstance(spec, str) else list(spec)
     out: list[BaseModel] = []
     for p in paths:
         path = Path(p)
+        origin = origins.get(str(p))
         try:
             doc = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
@@ -57,7 +67,10 @@ def load_configs(spec: str | list[str], model: type[BaseModel]) -> list[BaseMode
             merged = {**doc, **(item if isinstance(item, dict) else {"species": item})}
             for key in ("metadata", "transcriptome", "out_dir"):
                 if key in merged and not (key == "metadata" and isinstance(merged[key], list)):
-                    merged[key] = _absolutise(merged[key], path.parent)
+                    base: Path | str = path.parent
+                    if origin is not None:
+                        base = (remote_out_root or Path.cwd()) if key == "out_dir" else origin.rsplit("/", 1)[0]
+                    merged[key] = _absolutise(merged[key], base)
             try:
                 out.append(model(**merged))
             except ValidationError as exc:
