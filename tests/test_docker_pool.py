@@ -96,8 +96,13 @@ def test_giab_runs_in_the_flow_image_on_the_docker_pool(prefect_server, podman_a
                     await asyncio.sleep(2)
                 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-                return run, [log.message for log in logs]
+                # a finished run's last log lines arrive with the container's final log batch: wait (bounded)
+                log_deadline = time.monotonic() + 60
+                while True:
+                    logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                    if any(" benchmarked: " in log.message for log in logs) or time.monotonic() > log_deadline:
+                        return run, [log.message for log in logs]
+                    await asyncio.sleep(1)
 
         run, logs = asyncio.run(run_it())
     worker_log = (tmp / "worker.log").read_text()
