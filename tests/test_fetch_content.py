@@ -253,7 +253,8 @@ def test_kinds_from_names():
 
 def test_genotype_files_are_kept_by_their_magic_not_taken_for_text(tmp_path):
     """A PLINK 1 .bed shares its suffix with BED intervals: its magic says it holds genotypes, not intervals."""
-    examples = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "regenie-example"
+    from tests.regenie_golden import EXAMPLE as examples  # regenie's example data (shared/ beside the clone)
+
     for name in ("example.bed", "example.pgen", "example.bgen"):
         verify.check(examples / name)  # regenie's own example files pass
     (tmp_path / "cohort.bed").write_bytes(b"\x6c\x1b\x01" + bytes(100))
