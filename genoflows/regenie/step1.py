@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from genoflows.files import atomic_output
 from genoflows.regenie import ridge
 from genoflows.regenie.errors import RegenieError
 from genoflows.regenie.genotypes import Genotypes
@@ -496,7 +497,7 @@ def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) 
             continue
         path = f"{out}_{fit.index}.loco"
         masked = np.flatnonzero(~result.mask[rows, fit.index - 1]).tolist()
-        with _atomic(Path(path)) as fh:
+        with atomic_output(Path(path)) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
             fh.write(header)
             for c in range(fit.loco.shape[1]):
                 vals = fit.loco[rows, c]
@@ -508,26 +509,7 @@ def write_step1(result: Step1Result, out: str, use_relative_path: bool = False) 
         shown = path if use_relative_path else os.path.join(os.getcwd(), path)
         list_lines.append(f"{fit.name} {shown}\n")
     pred_list = Path(f"{out}_pred.list")
-    with _atomic(pred_list) as fh:
+    with atomic_output(pred_list) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
         fh.writelines(list_lines)
     written.append(pred_list)
     return written
-
-
-class _atomic:
-    """Open ``path`` for writing under a temporary name; rename on success, remove on error."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-    def __enter__(self):
-        self.fh = open(self.tmp, "w", encoding="ascii", newline="\n")
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
+from genoflows.files import temp_path
 from genoflows.regenie.errors import RegenieError
 from genoflows.regenie.genotypes import Genotypes
 from genoflows.regenie.loco import read_loco, read_pred_list
@@ -226,7 +227,7 @@ def _open_writers(out: str, names: list[str], header: str) -> list[_Writer]:
     writers = []
     for nm in names:
         path = Path(f"{out}_{nm}.regenie")
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = temp_path(path)  # the project's one temp-name rule (unique, hidden, beside the result)
         fh = open(tmp, "w")
         fh.write(header)
         writers.append(_Writer(path, tmp, fh))
