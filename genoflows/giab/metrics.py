@@ -11,6 +11,7 @@ import csv
 import re
 from pathlib import Path
 
+from genoflows.files import atomic_output
 from genoflows.giab import small, sv
 from genoflows.tools import happy, truvari
 
@@ -50,17 +51,12 @@ def typed(metric: str, value: float | None) -> int | float | None:
 
 def write_metrics_csv(rows: list[dict], path: Path) -> Path:
     """metrics.csv (temp name, then rename); empty cells where a metric is undefined."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                value = typed(row["metric"], row["value"])
-                writer.writerow({**row, "value": "" if value is None else repr(value)})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            value = typed(row["metric"], row["value"])
+            writer.writerow({**row, "value": "" if value is None else repr(value)})
     return path
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from genoflows.files import atomic_output
 from genoflows.imputation.remote import sha256_of
 
 MANIFEST = "imputation.json"
@@ -37,9 +37,8 @@ def write_manifest(job_dir: Path, files: list[Path], meta: dict, uris: dict[str,
         entries.append(entry)
     doc = {**meta, "files": entries}
     path = job_dir / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2))
     return path
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from genoflows.files import atomic_output
+
 Layout = Literal["paired", "single"]
 
 REQUIRED_COLUMNS = ("run", "scientific_name", "lib_layout")
@@ -190,11 +192,8 @@ def load_runs(metadata: Path | Sequence[str], species: str | None) -> RunTable:
 
 def write_tsv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, object]]) -> None:
     """Write a TSV atomically (temp name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(columns), delimiter="\t", extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for row in rows:
             w.writerow(row)
-    tmp.replace(path)
