@@ -484,9 +484,23 @@ def quant_and_keep(w: Work, paths: list[Path], threads: int, stop: threading.Eve
     """quant_run, then (s3:// out_dir) the run's outputs to S3 before the run counts as quantified."""
     result = quant_run(w.res, paths, quote(w.species.index), w.species.dirs.root, threads, w.species.fragment,
                        quote(stop))  # fmt: skip
+    index = w.species.index.result() if hasattr(w.species.index, "result") else w.species.index
+    record_host_index(w.species.dirs.quant_dir(w.res.run.run), index[0])
     if w.species.remote is not None:
         keep_on_s3(w.species.remote, w.res.run.run)
     return result
+
+
+def record_host_index(quant_dir: Path, index: Path) -> None:
+    """run_info.json names the index kallisto was given; on AWS Batch that is the job's staged copy. Name the
+    index here instead, as a local call does: the merge tells runs of different indices apart by its path."""
+    info = quant_dir / "run_info.json"
+    given = kallisto.parse_run_info(info).index
+    if given and given != str(index):
+        text = info.read_text()
+        tmp = info.with_name(f".{info.name}.tmp")
+        tmp.write_text(text.replace(given, str(index)))
+        tmp.replace(info)
 
 
 def stream_runs(

@@ -214,8 +214,13 @@ def test_kallisto_runs_as_batch_jobs_with_the_batch_block(prefect_harness, world
     quant = base / "batch-out" / SP / "quant" / "SRR7000001"
     prov = [r for r in read_provenance(quant) if r["tool"] == "kallisto"]
     assert prov and prov[-1]["executor"]["queue"] == "genoflows-tools" and prov[-1]["executor"]["batch_job_id"]
+    assert summary["quantified"] == 1 and (quant / "tools.log").is_file()  # the job's output, as a local call's
     state, _ = run_flow(rnaseq_quant, **p, out_dir=str(base / "here-out"))  # the same run, kallisto here
     here = base / "here-out" / SP / "quant" / "SRR7000001"
     assert not [r for r in read_provenance(here) if r.get("executor")]
     assert read_abundance(quant / "abundance.tsv") == read_abundance(here / "abundance.tsv")
-    assert summary["quantified"] == 1
+    # one more run into the Batch run's tree, quantified here: both merge (run_info.json names the host's index)
+    state, summary = run_flow(rnaseq_quant, **{**p, "metadata": ["SRR7000001", "SRR7000002"]},
+                              out_dir=str(base / "batch-out"))  # fmt: skip
+    assert state.is_completed(), state.message
+    assert summary["quantified"] == 2 and summary["newly_quantified"] == 1
