@@ -7,6 +7,10 @@ and a new Prefect flow run; only S3 carries over.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -139,6 +143,56 @@ def test_s3_out_dir_resumes_exactly_on_a_fresh_task(prefect_harness, world, task
     assert len(read_tsv(sp / "merged" / f"{SP}_tpm.tsv")[0]) == 4
 
 
+def test_a_killed_task_loses_only_the_runs_in_flight(prefect_harness, world, task_env, moto_endpoint, monkeypatch):
+    """A task quantifying into s3:// is killed (SIGKILL, as ECS stops a task) as soon as its first run is on S3.
+    That run was uploaded when it was quantified, not at the end: a fresh task restores it without a request to
+    ENA, rewrites none of its objects, and quantifies only the others. Credentials and endpoint come from the
+    settings here (no block)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, server, _ = world
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    bucket = f"lab-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    prefix = f"rnaseq/{SP}/quant/"
+    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
+    killed = task_env("killed")
+    killed.mkdir(parents=True)
+    p = {"metadata": str(root / "metadata.tsv"), "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),
+         "out_dir": f"s3://{bucket}/rnaseq", "disk_budget": "5MB", "max_downloads": 1, "sources": ["ena"]}  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[1])}
+    code = f"from flows.rnaseq_quant import rnaseq_quant; rnaseq_quant(**{p!r})"
+    server.bandwidth = 100_000  # per connection: ~1 s per file
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1],
+                                stdout=subprocess.DEVNULL, stderr=open(killed / "flow.log", "wb"))  # noqa: SIM115  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not [k for k in objects(s3, bucket, prefix) if k.endswith(MANIFEST)]:
+                assert proc.poll() is None, (killed / "flow.log").read_text()[-3000:]
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    finally:
+        server.bandwidth = None
+    on_s3 = objects(s3, bucket, prefix)
+    done = {k.split("/")[0] for k in on_s3 if k.endswith(MANIFEST)}
+    on_s3 = {k: v for k, v in on_s3.items() if k.split("/")[0] in done}
+    assert 1 <= len(done) < 3, "the flow finished before it was killed"
+
+    task_env("fresh")
+    n_requests = len(server.requests)
+    state, summary = run_flow(rnaseq_quant, **p)
+    assert state.is_completed(), state.message
+    assert summary["quantified"] == 3 and summary["newly_quantified"] == 3 - len(done)
+    assert not [r for r in server.requests[n_requests:] if any(run in r.path for run in done)]
+    after = objects(s3, bucket, prefix)
+    assert {k: v for k, v in after.items() if k.split("/")[0] in done} == on_s3  # not one object rewritten
+
+
 def read_tsv_bytes(data: bytes) -> list[dict[str, str]]:
     import csv
     import io
@@ -189,8 +243,8 @@ def test_kallisto_runs_as_batch_jobs_with_the_batch_block(prefect_harness, world
     from blocks.aws_batch import AwsBatch, BatchToolResources
     from flows.rnaseq_quant import rnaseq_quant
     from genoflows.testing.batch_agent import create_queue, local_batch
-    from genoflows.toolrun import read_provenance
-    from genoflows.tools.kallisto import read_abundance
+    from genoflows.toolrun import read_provenance, run_tool
+    from genoflows.tools.kallisto import quant_argv, read_abundance
 
     root, server, _ = world
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the job's container talks to moto
@@ -215,10 +269,11 @@ def test_kallisto_runs_as_batch_jobs_with_the_batch_block(prefect_harness, world
     prov = [r for r in read_provenance(quant) if r["tool"] == "kallisto"]
     assert prov and prov[-1]["executor"]["queue"] == "genoflows-tools" and prov[-1]["executor"]["batch_job_id"]
     assert summary["quantified"] == 1 and (quant / "tools.log").is_file()  # the job's output, as a local call's
-    state, _ = run_flow(rnaseq_quant, **p, out_dir=str(base / "here-out"))  # the same run, kallisto here
-    here = base / "here-out" / SP / "quant" / "SRR7000001"
-    assert not [r for r in read_provenance(here) if r.get("executor")]
-    assert read_abundance(quant / "abundance.tsv") == read_abundance(here / "abundance.tsv")
+    # kallisto run by hand here on the same files and index gives the same table
+    index = next((base / "cache" / "kallisto").glob("*/transcripts.idx"))
+    fastqs = sorted((root / "gen").glob("SRR7000001_[12].fastq.gz"))
+    run_tool(quant_argv(index, base / "by-hand", fastqs, "paired"))
+    assert read_abundance(quant / "abundance.tsv") == read_abundance(base / "by-hand" / "abundance.tsv")
     # one more run into the Batch run's tree, quantified here: both merge (run_info.json names the host's index)
     state, summary = run_flow(rnaseq_quant, **{**p, "metadata": ["SRR7000001", "SRR7000002"]},
                               out_dir=str(base / "batch-out"))  # fmt: skip
