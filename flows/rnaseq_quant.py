@@ -58,7 +58,7 @@ def rnaseq_quant(
     fragment_sd: PositiveFloat | None = None,
     shared_limit: str | None = None,
     aws_credentials: AwsCredentials | None = None,
-    index_cache: str | None = None,
+    index_cache: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?$")] | None = None,
     batch: AwsBatch | None = None,
 ) -> dict[str, object]:
     """Quantify one species' SRA/ENA runs with kallisto, streaming downloads under a disk budget.
@@ -225,12 +225,17 @@ def run_species(
                     fatal = f"{w.name}: kallisto index: {w.index.state.message}"
         results: dict[str, dict[str, object]] = {}
         lines = []
+        unstored: list[str] = []
         for _cfg, w, table, _todo in prepared:
             write_failed(w.dirs, w.failures)
             merged = t.merge_species(w.dirs.root, w.name, table, [r.run for r in table.runs])
             if w.remote is not None:  # merged tables, metadata.tsv, failed.tsv: up at the end
-                t.upload_species.with_options(**t.remote_retry_options())(
-                    quote(w.remote), [p for p in (merged.est_counts, merged.tpm) if p is not None])
+                try:
+                    t.upload_species.with_options(**t.remote_retry_options())(
+                        quote(w.remote), [p for p in (merged.est_counts, merged.tpm) if p is not None])
+                except Exception as exc:  # noqa: BLE001 - the flow run fails with it, the summary still counts
+                    unstored.append(f"{w.name}: merged tables / failed.tsv not stored at {w.where} ({exc})")
+                    logger.error(unstored[-1])
             summary = {
                 "species": w.name,
                 "runs": len(table.runs),
@@ -262,7 +267,9 @@ def run_species(
     message = "; ".join(lines)
     if fatal:
         message = f"stopped by a machine-wide failure: {fatal} -- {message}"
-    if fatal or any(w.failures for _, w, _, _ in prepared):  # Python callers get the exception, with the results
+    if unstored:
+        message = f"{message}; {'; '.join(unstored)}"
+    if fatal or unstored or any(w.failures for _, w, _, _ in prepared):  # Python callers get the exception, with the results
         return Failed(message=message, data=RunsFailed(message, data))
     return Completed(message=message, data=data)
 

@@ -72,6 +72,8 @@ def is_machine_wide(exc: BaseException) -> bool:
     """Failures of the machine, not of a run: the disk is full. Every other run would fail the same way."""
     if isinstance(exc, kallisto.TranscriptomeError):  # the index cannot be built: no run can be quantified
         return True
+    if isinstance(exc, remote.StateUnwritable):  # the s3:// out_dir refuses writes: no run could be kept
+        return True
     text = str(exc)
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk full" in text or "not enough disk" in text
 
@@ -188,10 +190,13 @@ def build_index(transcriptome: str, aws_credentials: Any = None, index_cache: st
                                      remote.join(index_cache, key, remote.INDEX_MANIFEST)) is None  # fmt: skip
     index, targets = kallisto.ensure_index(fasta, cache)
     logger.info("kallisto index %s (%d targets; log %s)", index, len(targets), index.parent / "index.log")
-    if store:
+    if store:  # a cache that cannot be written costs the next machine a build, not this flow run its index
         stored = store_cached_index.with_options(**remote_retry_options())
-        logger.info("kallisto index stored at %s", stored(index_cache, index.parent.name, index.parent, len(targets),
-                                                         aws_credentials))  # fmt: skip
+        try:
+            logger.info("kallisto index stored at %s", stored(index_cache, index.parent.name, index.parent,
+                                                             len(targets), aws_credentials))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - reported; the index itself is fine
+            logger.warning("kallisto index not stored in %s: %s", index_cache, exc)
     return index, targets
 
 
@@ -259,8 +264,10 @@ def keep_on_s3(species: remote.RemoteSpecies, run: str) -> None:
         upload_run.with_options(**remote_retry_options())(quote(species), run)
     except Exception as exc:
         shutil.rmtree(species.dirs.quant_dir(run), ignore_errors=True)
-        raise remote.RemoteStateError(f"quantified, but could not be stored at {species.run_uri(run)}/ ({exc}); "
-                                      "it will be quantified again by the next flow run") from exc  # fmt: skip
+        # access denied, no such bucket: every run would fail the same way, so the stream stops (machine-wide)
+        kind = remote.StateUnwritable if isinstance(exc, PermanentFetchError) else remote.RemoteStateError
+        raise kind(f"quantified, but could not be stored at {species.run_uri(run)}/ ({exc}); "
+                   "it will be quantified again by the next flow run") from exc  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download {res.run.run} file {i}")

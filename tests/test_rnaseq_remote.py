@@ -279,3 +279,43 @@ def test_kallisto_runs_as_batch_jobs_with_the_batch_block(prefect_harness, world
                               out_dir=str(base / "batch-out"))  # fmt: skip
     assert state.is_completed(), state.message
     assert summary["quantified"] == 2 and summary["newly_quantified"] == 1
+
+
+def test_credentials_that_cannot_write_stop_the_stream(prefect_harness, world, task_env, moto_endpoint):
+    """Credentials that may read the bucket but not write it (IAM enforced by moto): a run that cannot be stored is
+    a machine-wide failure (no run could be kept; admissions stop), the flow run ends Failed naming access denied,
+    with its summary (the end-of-run upload fails too, and is named rather than raised); nothing on S3 claims a run
+    is finished."""
+    import json
+
+    import httpx
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from flows.rnaseq_quant import rnaseq_quant
+
+    root, _, _ = world
+    task_env("read-only")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    bucket = f"lab-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    user = f"read-only-{uuid.uuid4().hex[:6]}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                                                      "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}  # fmt: skip
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    creds = AwsCredentials(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+                           region_name="us-east-1", aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint))  # fmt: skip
+    creds.save(f"rnaseq-read-only-{uuid.uuid4().hex[:8]}")
+    p = {"metadata": str(root / "metadata.tsv"), "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),
+         "out_dir": f"s3://{bucket}/rnaseq", "disk_budget": "5MB", "max_downloads": 1, "sources": ["ena"],
+         "aws_credentials": creds}  # fmt: skip
+    httpx.post(f"{moto_endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
+    try:
+        state, summary = run_flow(rnaseq_quant, **p)
+    finally:
+        httpx.post(f"{moto_endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
+    assert state.is_failed() and "machine-wide failure" in state.message and "access denied" in state.message
+    assert summary["quantified"] == 0 and len(summary["failures"]) == 3
+    assert not objects(s3, bucket, "rnaseq/")

@@ -62,6 +62,10 @@ class RemoteStateError(PermanentFetchError):
     """The S3 state is not what it must be (the message names the object and what to do); retrying cannot help."""
 
 
+class StateUnwritable(RemoteStateError):
+    """S3 refuses to store a run for a reason every run shares (access denied, no such bucket)."""
+
+
 def is_remote(uri: str | Path | None) -> bool:
     return str(uri or "").startswith("s3://")
 
