@@ -145,12 +145,12 @@ def test_s3_out_dir_resumes_exactly_on_a_fresh_task(prefect_harness, world, task
 
 def test_a_killed_task_loses_only_the_runs_in_flight(prefect_harness, world, task_env, moto_endpoint, monkeypatch):
     """A task quantifying into s3:// is killed (SIGKILL, as ECS stops a task) as soon as its first run is on S3.
-    That run was uploaded when it was quantified, not at the end: a fresh task restores it without a request to
-    ENA, rewrites none of its objects, and quantifies only the others. Credentials and endpoint come from the
-    settings here (no block)."""
+    That run was uploaded when it was quantified, not at the end: a fresh task (the ECS nightly deployment's call,
+    rnaseq_multi_species with out_dir overriding the config's) restores it without a request to ENA, rewrites none
+    of its objects, and quantifies only the others. Credentials and endpoint come from the settings (no block)."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.rnaseq_quant import rnaseq_quant
+    from flows.rnaseq_quant import rnaseq_multi_species
 
     root, server, _ = world
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
@@ -183,11 +183,17 @@ def test_a_killed_task_loses_only_the_runs_in_flight(prefect_harness, world, tas
     on_s3 = {k: v for k, v in on_s3.items() if k.split("/")[0] in done}
     assert 1 <= len(done) < 3, "the flow finished before it was killed"
 
-    task_env("fresh")
+    fresh = task_env("fresh")  # the nightly ECS deployment's call: the multi-species flow, out_dir overridden
+    fresh.mkdir(parents=True)
+    (fresh / "species.yaml").write_text(f"transcriptome: {root / 'transcripts.fa'}\nout_dir: elsewhere\n"
+                                        f"sources: [ena]\nspecies:\n  - {{species: {SPECIES}, metadata: {root / 'metadata.tsv'}}}\n")  # fmt: skip
     n_requests = len(server.requests)
-    state, summary = run_flow(rnaseq_quant, **p)
+    state, results = run_flow(rnaseq_multi_species, configs=str(fresh / "species.yaml"), out_dir=p["out_dir"],
+                              max_downloads=1)  # fmt: skip
     assert state.is_completed(), state.message
+    summary = results[SP]
     assert summary["quantified"] == 3 and summary["newly_quantified"] == 3 - len(done)
+    assert summary["out"] == f"{p['out_dir']}/{SP}" and not (fresh / "elsewhere").exists()
     assert not [r for r in server.requests[n_requests:] if any(run in r.path for run in done)]
     after = objects(s3, bucket, prefix)
     assert {k: v for k, v in after.items() if k.split("/")[0] in done} == on_s3  # not one object rewritten
