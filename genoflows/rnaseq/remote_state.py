@@ -34,6 +34,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ SPECIES_FILES = ("metadata.tsv", "failed.tsv")
 INDEX_FILES = ("transcripts.idx", "index.log")
 RECORDS_PATHS = ("run_info.json", "provenance.jsonl", "tools.log")
 INDEX_MANIFEST = "index.json"
+RESTORE_THREADS = 16
 KALLISTO_INDEX_VERSION = 10  # kallisto 0.46-0.48 write this as the index file's first 8 bytes
 
 
@@ -207,16 +209,11 @@ class RemoteSpecies:
         """Bring the finished `runs`' tables and failed.tsv into the scratch tree (verified); upload local
         complete runs S3 does not have yet (a flow run killed between quant and upload, same scratch).
         Returns (restored runs, uploaded runs)."""
-        wanted = list(runs)
-        on_s3 = self.finished()
-        restored, uploaded = [], []
-        for run in wanted:
-            if run in on_s3:
-                if not self.dirs.is_complete(run):
-                    self._restore_run(run)
-                    restored.append(run)
-            elif self.dirs.is_complete(run) and self.upload_run(run):
-                uploaded.append(run)
+        runs, on_s3 = list(runs), self.finished()
+        restored = [r for r in runs if r in on_s3 and not self.dirs.is_complete(r)]
+        with ThreadPoolExecutor(RESTORE_THREADS) as pool:  # hundreds of small tables: many requests in flight
+            list(pool.map(self._restore_run, restored))
+        uploaded = [r for r in runs if r not in on_s3 and self.dirs.is_complete(r) and self.upload_run(r)]
         failed = self.dirs.root / "failed.tsv"
         fetch_optional(self.client, join(self.uri, "failed.tsv"), failed)
         return restored, uploaded
