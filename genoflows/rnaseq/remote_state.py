@@ -227,16 +227,23 @@ class RemoteSpecies:
                                    f"{self.run_uri(run)}/ so the run is quantified again")  # fmt: skip
         self.dirs.quant.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run}-restore-", dir=self.dirs.quant))
-        try:
-            for name in RESTORED:
-                meta = files[name]
-                fetch(self.run_uri(run, name), tmp / name, sha256=meta["sha256"], size=int(meta["size"]),
-                      kind="text", s3_client=self.client)  # fmt: skip
-            from genoflows.tools.kallisto import parse_run_info, read_abundance
+        from genoflows.fetch import FetchError
+        from genoflows.tools.kallisto import QuantCheckError, parse_run_info, read_abundance
 
-            parse_run_info(tmp / "run_info.json")  # what the merge will read must parse
-            if not read_abundance(tmp / "abundance.tsv"):
-                raise RemoteStateError(f"{self.run_uri(run, 'abundance.tsv')} is empty")
+        todo = f"if it was changed on purpose, delete {self.run_uri(run)}/ and the run is quantified again"
+        try:
+            try:
+                for name in RESTORED:
+                    meta = files[name]
+                    fetch(self.run_uri(run, name), tmp / name, sha256=meta["sha256"], size=int(meta["size"]),
+                          kind="text", s3_client=self.client)  # fmt: skip
+                parse_run_info(tmp / "run_info.json")  # what the merge will read must parse
+                if not read_abundance(tmp / "abundance.tsv"):
+                    raise QuantCheckError(f"{self.run_uri(run, 'abundance.tsv')} is empty")
+            except FetchError as exc:  # same kind (a transfer problem is retried), saying what to do
+                raise type(exc)(f"finished run {run} on S3 fails its check: {exc}; {todo}") from exc
+            except QuantCheckError as exc:
+                raise RemoteStateError(f"finished run {run} on S3 fails its check: {exc}; {todo}") from exc
             for extra in tmp.iterdir():  # fetch's lock and verification records: not part of the result
                 if extra.name not in RESTORED:
                     extra.unlink()
