@@ -18,9 +18,12 @@ from typing import Annotated, Any, Literal
 from filelock import FileLock, Timeout
 from prefect import flow
 from prefect.states import Completed, Failed
+from prefect.utilities.annotations import quote
 from prefect_aws import AwsCredentials
 from pydantic import ByteSize, Field, PositiveFloat, TypeAdapter
 
+from blocks.aws_batch import AwsBatch, batch_for
+from genoflows.rnaseq import remote_state as remote
 from genoflows.rnaseq.config import ConfigError, load_configs, params_model
 from genoflows.rnaseq.metadata import load_runs, species_dirname
 from genoflows.rnaseq.stages import SpeciesDirs
@@ -55,6 +58,8 @@ def rnaseq_quant(
     fragment_sd: PositiveFloat | None = None,
     shared_limit: str | None = None,
     aws_credentials: AwsCredentials | None = None,
+    index_cache: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?$")] | None = None,
+    batch: AwsBatch | None = None,
 ) -> dict[str, object]:
     """Quantify one species' SRA/ENA runs with kallisto, streaming downloads under a disk budget.
 
@@ -65,7 +70,8 @@ def rnaseq_quant(
         metadata: amalgkit metadata.tsv (path, s3:// or https://) or a list of run accessions.
         species: scientific_name to keep (e.g. "Camponotus floridanus"); also the output folder Genus_species.
         transcriptome: transcript FASTA(.gz) to index (path, s3:// or https://).
-        out_dir: where <species>/quant, merged, failed.tsv go.
+        out_dir: where <species>/quant, merged, failed.tsv go: a directory, or s3://bucket/prefix (the state lives
+            there; a local scratch copy does the work, each run is uploaded once quantified, a fresh machine resumes).
         threads: cores for kallisto (that many runs quantified at once, -t 1 each).
         max_downloads: download connections (one per file; a paired run's files download in parallel).
         disk_budget: most bytes of FASTQ on disk at once, e.g. "40GB" or "500MB".
@@ -76,15 +82,22 @@ def rnaseq_quant(
         shared_limit: name of a disk shared with other flow runs: the budget and download connections become
             Prefect global concurrency limits rnaseq-disk-<name> / rnaseq-downloads-<name> (created from this
             run's values if missing), so all runs together stay within them.
-        aws_credentials: AwsCredentials block for s3:// inputs (None: settings or the default AWS chain).
+        aws_credentials: AwsCredentials block for s3:// inputs and an s3:// out_dir (None: settings or the default
+            AWS chain).
+        index_cache: s3://… prefix where kallisto indices are kept by FASTA checksum and kallisto version, so a fresh
+            machine fetches instead of building (default with an s3:// out_dir: <out_dir>/kallisto-index-cache).
+        batch: run the block's tools (e.g. kallisto) as AWS Batch jobs.
     """
-    cfg = {k: v for k, v in locals().items() if k not in ("shared_limit", "aws_credentials")}
-    return run_species([cfg], budget=parse_size(disk_budget), max_downloads=max_downloads, threads=threads,
-                       shared_limit=shared_limit, aws_credentials=aws_credentials, single=True)  # fmt: skip
+    cfg = {k: v for k, v in locals().items() if k not in SHARED}
+    with batch_for(batch):
+        return run_species([cfg], budget=parse_size(disk_budget), max_downloads=max_downloads, threads=threads,
+                           shared_limit=shared_limit, aws_credentials=aws_credentials, single=True)  # fmt: skip
 
 
+#: Parameters set once for all species (not in a species entry).
+SHARED = ("shared_limit", "aws_credentials", "batch")
 #: A species entry of the multi-species YAML: `rnaseq_quant`'s parameters (limits, defaults), less the shared ones.
-SpeciesConfig = params_model(rnaseq_quant.fn, "SpeciesConfig", exclude=("shared_limit", "aws_credentials"))
+SpeciesConfig = params_model(rnaseq_quant.fn, "SpeciesConfig", exclude=SHARED)
 
 
 @flow(name="rnaseq-multi-species", log_prints=True)
@@ -95,6 +108,8 @@ def rnaseq_multi_species(
     threads: Positive | None = None,
     shared_limit: str | None = None,
     aws_credentials: AwsCredentials | None = None,
+    out_dir: str | None = None,
+    batch: AwsBatch | None = None,
 ) -> dict[str, object]:
     """Quantify several species in one stream: their runs interleave under one disk budget and one connection
     limit, so one species' tail overlaps the next; each keeps its own outputs, index and failed.tsv.
@@ -109,7 +124,9 @@ def rnaseq_multi_species(
         max_downloads: download connections for all species (default: the smallest species' max_downloads).
         threads: kallisto cores for all species (default: the smallest species' threads).
         shared_limit: name of a disk shared with other flow runs (Prefect global concurrency limits).
-        aws_credentials: AwsCredentials block for s3:// inputs.
+        aws_credentials: AwsCredentials block for s3:// inputs and s3:// out_dirs.
+        out_dir: every species' out_dir (overrides the configs'), e.g. s3://lab/rnaseq for a deployment on ECS.
+        batch: run the block's tools (e.g. kallisto) as AWS Batch jobs.
     """
     local, origins = [], {}
     for spec in [configs] if isinstance(configs, str) else configs:  # s3:// or https:// configs are fetched first
@@ -123,10 +140,14 @@ def rnaseq_multi_species(
                                                          remote_out_root=get_settings().data_dir / "rnaseq")]
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
+    for c in species if out_dir else []:
+        c["out_dir"] = out_dir
     budget = parse_size(disk_budget) if disk_budget else min(parse_size(c["disk_budget"]) for c in species)
-    return run_species(species, budget=budget, max_downloads=max_downloads or min(c["max_downloads"] for c in species),
-                       threads=threads or min(c["threads"] for c in species), shared_limit=shared_limit,
-                       aws_credentials=aws_credentials, single=False)  # fmt: skip
+    with batch_for(batch):
+        return run_species(species, budget=budget,
+                           max_downloads=max_downloads or min(c["max_downloads"] for c in species),
+                           threads=threads or min(c["threads"] for c in species), shared_limit=shared_limit,
+                           aws_credentials=aws_credentials, single=False)  # fmt: skip
 
 
 def run_species(
@@ -149,7 +170,14 @@ def run_species(
         resolving: list[tuple[t.SpeciesWork, Any]] = []
         for cfg in cfgs:
             sp = species_dirname(cfg["species"])
-            dirs = SpeciesDirs(Path(cfg["out_dir"]) / sp)
+            store = None  # an s3:// out_dir: the tree lives there, `dirs` is its local scratch copy
+            if remote.is_remote(cfg["out_dir"]):
+                store = remote.RemoteSpecies.open(cfg["out_dir"], sp, get_settings().data_dir,
+                                                  t.s3_client_for(aws_credentials))  # fmt: skip
+                dirs = store.dirs
+            else:
+                dirs = SpeciesDirs(Path(cfg["out_dir"]) / sp)
+            where = store.uri if store else str(dirs.root)
             dirs.root.mkdir(parents=True, exist_ok=True)
             try:
                 stack.enter_context(FileLock(str(dirs.root / ".flow.lock"), timeout=0))
@@ -161,13 +189,20 @@ def run_species(
             table = load_runs(meta, cfg["species"])
             if stale := dirs.prepare():
                 logger.warning("removed %d leftovers of an interrupted run: %s", len(stale), stale[:5])
+            if store is not None:
+                restored, uploaded = t.restore_species.with_options(**t.remote_retry_options())(
+                    quote(store), [r.run for r in table.runs])
+                logger.info("%s: %d finished runs restored from %s, %d local ones uploaded", sp, len(restored),
+                            store.uri, len(uploaded))  # fmt: skip
             todo = plan(table, dirs)
             logger.info("%s: %d runs, %d complete, %d to do, %d skipped", sp, len(table.runs), len(todo.complete),
                         len(todo.todo), len(table.skipped))  # fmt: skip
-            index = t.build_index.submit(cfg["transcriptome"], aws_credentials) if todo.todo else None
+            index_cache = cfg.get("index_cache") or (remote.default_index_cache(cfg["out_dir"]) if store else None)
+            index = t.build_index.submit(cfg["transcriptome"], aws_credentials, index_cache) if todo.todo else None
             length, sd = cfg.get("fragment_length"), cfg.get("fragment_sd")
             fragment = (length, sd or length / 10) if length else None
-            w = t.SpeciesWork(sp, dirs, index, fragment, t.RunProgress(sp, len(table.runs), len(todo.complete), counter))
+            w = t.SpeciesWork(sp, dirs, index, fragment, t.RunProgress(sp, len(table.runs), len(todo.complete), counter),
+                              remote=store, where=where)  # fmt: skip
             if todo.todo:  # species resolve concurrently (and while their indices build)
                 resolving.append((w, t.resolve_species(todo.todo, sp, list(cfg["sources"]), aws_credentials)))
             prepared.append((cfg, w, table, todo))
@@ -190,9 +225,17 @@ def run_species(
                     fatal = f"{w.name}: kallisto index: {w.index.state.message}"
         results: dict[str, dict[str, object]] = {}
         lines = []
+        unstored: list[str] = []
         for _cfg, w, table, _todo in prepared:
             write_failed(w.dirs, w.failures)
             merged = t.merge_species(w.dirs.root, w.name, table, [r.run for r in table.runs])
+            if w.remote is not None:  # merged tables, metadata.tsv, failed.tsv: up at the end
+                try:
+                    t.upload_species.with_options(**t.remote_retry_options())(
+                        quote(w.remote), [p for p in (merged.est_counts, merged.tpm) if p is not None])
+                except Exception as exc:  # noqa: BLE001 - the flow run fails with it, the summary still counts
+                    unstored.append(f"{w.name}: merged tables / failed.tsv not stored at {w.where} ({exc})")
+                    logger.error(unstored[-1])
             summary = {
                 "species": w.name,
                 "runs": len(table.runs),
@@ -205,7 +248,8 @@ def run_species(
                 "disk_high_water (sampled fastq/)": human_bytes(disk.high_water),
                 "disk_reserved_high_water": human_bytes(report.reserved_high_water if report else 0),
                 "wall_seconds": round(time.monotonic() - t0, 1),
-                "failed_tsv": str(w.dirs.root / "failed.tsv") if w.failures else "",
+                "failed_tsv": f"{w.where}/failed.tsv" if w.failures else "",
+                "out": w.where,
             }
             t.publish_summary(w.name, summary, w.progress.rows)
             logger.info("summary: %s", summary)
@@ -217,13 +261,15 @@ def run_species(
                                "not_deleted": leftovers, "max_connections": report.max_connections if report else 0}  # fmt: skip
             line = f"{w.name}: {summary['quantified']} of {len(table.runs)} runs quantified"
             if w.failures:
-                line += f", {len(w.failures)} failed (see {w.dirs.root / 'failed.tsv'})"
+                line += f", {len(w.failures)} failed (see {w.where}/failed.tsv)"
             lines.append(line)
     data: dict[str, object] = next(iter(results.values())) if single else results
     message = "; ".join(lines)
     if fatal:
         message = f"stopped by a machine-wide failure: {fatal} -- {message}"
-    if fatal or any(w.failures for _, w, _, _ in prepared):  # Python callers get the exception, with the results
+    if unstored:
+        message = f"{message}; {'; '.join(unstored)}"
+    if fatal or unstored or any(w.failures for _, w, _, _ in prepared):  # Python callers get the exception, with the results
         return Failed(message=message, data=RunsFailed(message, data))
     return Completed(message=message, data=data)
 

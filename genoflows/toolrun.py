@@ -271,7 +271,14 @@ def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mo
     """One tool call as one Batch job (genoflows.batch): same argv, outputs back in the same places."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    job = runner.run(tool, argv, cwd=cwd, env=env, log=log, stop=stop,
+    lines: list[str] = []  # the job's output, for tools.log as a local call writes it (rnaseq-remote, issue 12)
+
+    def forward(line: str) -> None:
+        lines.append(line.removeprefix(f"[{tool}@batch] "))
+        if log is not None:
+            log(line)
+
+    job = runner.run(tool, argv, cwd=cwd, env=env, log=forward if provenance_dir is not None else log, stop=stop,
                      extra_inputs=[m for m in mounts if Path(m).is_file()])
     record = ToolRun(
         tool=tool,
@@ -285,6 +292,16 @@ def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mo
                   "job_definition": job.get("jobDefinition")},
     )
     if provenance_dir is not None:
+        part = _partial_log(provenance_dir)
+        try:
+            part.write("".join(f"{line}\n" for line in lines))
+            part.close()
+            header = f"### {started} {tool} batch exit {record.returncode}: {shlex.join(record.argv)}\n"
+            _, record.log_offset = _append_log(Path(provenance_dir) / TOOL_LOG, header, Path(part.name))
+            record.log, record.lines = TOOL_LOG, len(lines)
+        finally:
+            part.close()
+            Path(part.name).unlink(missing_ok=True)
         record_provenance(provenance_dir, record)
     return record
 

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from filelock import FileLock
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from genoflows.fetch import PermanentFetchError
+from genoflows.rnaseq import remote_state as remote
 from genoflows.rnaseq import sources as src
 from genoflows.rnaseq.merge import MergeResult
 from genoflows.rnaseq.merge import merge_species as _merge
@@ -68,6 +71,8 @@ class ByteCounter:
 def is_machine_wide(exc: BaseException) -> bool:
     """Failures of the machine, not of a run: the disk is full. Every other run would fail the same way."""
     if isinstance(exc, kallisto.TranscriptomeError):  # the index cannot be built: no run can be quantified
+        return True
+    if isinstance(exc, remote.StateUnwritable):  # the s3:// out_dir refuses writes: no run could be kept
         return True
     text = str(exc)
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk full" in text or "not enough disk" in text
@@ -158,16 +163,111 @@ def resolve_species(runs: list[Run], species: str, order: list[str], aws_credent
 
 
 @task(cache_policy=NO_CACHE, task_run_name="kallisto index {transcriptome}")
-def build_index(transcriptome: str, aws_credentials: Any = None) -> tuple[Path, list[str]]:
+def build_index(transcriptome: str, aws_credentials: Any = None, index_cache: str | None = None) -> tuple[Path, list[str]]:
     """Fetch the FASTA if remote; build (or reuse) the index cached per FASTA content and kallisto version.
 
-    Returns the index and its target ids (in FASTA order), which every quantification is checked against.
-    kallisto's output goes to `index.log` beside the index, not to the run log."""
+    With an s3:// `index_cache`, an index missing here is fetched from there (verified) instead of built, and
+    one built here is stored there. Returns the index and its target ids (in FASTA order), which every
+    quantification is checked against. kallisto's output goes to `index.log` beside the index, not the run log."""
     cache = get_settings().cache_dir
     fasta = fetch_input(transcriptome, cache / "transcriptomes", aws_credentials)
+    logger = run_logger()
+    store = None
+    if remote.is_remote(index_cache):
+        n_targets = len(kallisto.check_fasta(fasta))
+        key = kallisto.index_key(fasta)
+        local_dir = cache / "kallisto" / key
+        if not (local_dir / "transcripts.idx").exists():
+            retried = restore_cached_index.with_options(**remote_retry_options())
+            problem = retried(index_cache, key, local_dir, n_targets, aws_credentials)
+            if problem:
+                logger.warning("cached kallisto index %s; building it again", problem)
+            store = problem != ""  # not cached, or a bad entry (replaced)
+            if problem == "":
+                logger.info("kallisto index %s fetched from %s", key, index_cache)
+        if store is None:  # present here: store it unless the cache has it already (cheap: one small GET)
+            store = remote.read_json(s3_client_for(aws_credentials),
+                                     remote.join(index_cache, key, remote.INDEX_MANIFEST)) is None  # fmt: skip
     index, targets = kallisto.ensure_index(fasta, cache)
-    run_logger().info("kallisto index %s (%d targets; log %s)", index, len(targets), index.parent / "index.log")
+    logger.info("kallisto index %s (%d targets; log %s)", index, len(targets), index.parent / "index.log")
+    if store:  # a cache that cannot be written costs the next machine a build, not this flow run its index
+        stored = store_cached_index.with_options(**remote_retry_options())
+        try:
+            logger.info("kallisto index stored at %s", stored(index_cache, index.parent.name, index.parent,
+                                                             len(targets), aws_credentials))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - reported; the index itself is fine
+            logger.warning("kallisto index not stored in %s: %s", index_cache, exc)
     return index, targets
+
+
+@task(cache_policy=NO_CACHE, task_run_name="fetch cached kallisto index {key}")
+def restore_cached_index(index_cache: str, key: str, local_dir: Path, n_targets: int, aws_credentials: Any = None):
+    """None: not cached; "": fetched and verified into `local_dir`; else why the cached entry was not used."""
+    local_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(local_dir) + ".lock"), s3_errors(index_cache):  # the lock kallisto.ensure_index builds under
+        if (local_dir / "transcripts.idx").exists():
+            return ""
+        return remote.restore_index(s3_client_for(aws_credentials), index_cache, key, local_dir, k=31,
+                                    n_targets=n_targets)  # fmt: skip
+
+
+@task(cache_policy=NO_CACHE, task_run_name="store kallisto index {key}")
+def store_cached_index(index_cache: str, key: str, local_dir: Path, n_targets: int, aws_credentials: Any = None) -> str:
+    with s3_errors(index_cache):
+        return remote.store_index(s3_client_for(aws_credentials), index_cache, key, local_dir, k=31, n_targets=n_targets)
+
+
+# --- an s3:// out_dir (genoflows/rnaseq/remote_state.py) ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def s3_errors(uri: str) -> Iterator[None]:
+    """botocore errors as the fetch layer's transient/permanent errors (so the retry policy can tell them apart)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from genoflows.fetch import classify_s3_error
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_s3_error(uri, exc) from exc
+
+
+@task(cache_policy=NO_CACHE, task_run_name="restore {species.uri}")
+def restore_species(species: remote.RemoteSpecies, runs: list[str]) -> tuple[list[str], list[str]]:
+    """Finished runs' tables and failed.tsv from S3 into the scratch tree; local complete runs S3 lacks, up."""
+    with s3_errors(species.uri):
+        return species.restore(runs)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="upload {run}")
+def upload_run(species: remote.RemoteSpecies, run: str) -> bool:
+    with s3_errors(species.run_uri(run)):
+        return species.upload_run(run)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="upload {species.uri}")
+def upload_species(species: remote.RemoteSpecies, merged: list[Path]) -> list[str]:
+    with s3_errors(species.uri):
+        return species.upload_outputs(merged)
+
+
+def remote_retry_options() -> dict:
+    """The one retry policy; what cannot change on a retry (a bad manifest, access denied, a bad name) fails now."""
+    return transient_retry_options(PermanentFetchError, ValueError)
+
+
+def keep_on_s3(species: remote.RemoteSpecies, run: str) -> None:
+    """Upload a just-quantified run (retried). If it cannot be stored, the local result is removed too, so the
+    scratch tree never claims a run S3 does not have: the run fails now and is redone by the next flow run."""
+    try:
+        upload_run.with_options(**remote_retry_options())(quote(species), run)
+    except Exception as exc:
+        shutil.rmtree(species.dirs.quant_dir(run), ignore_errors=True)
+        # access denied, no such bucket: every run would fail the same way, so the stream stops (machine-wide)
+        kind = remote.StateUnwritable if isinstance(exc, PermanentFetchError) else remote.RemoteStateError
+        raise kind(f"quantified, but could not be stored at {species.run_uri(run)}/ ({exc}); "
+                   "it will be quantified again by the next flow run") from exc  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download {res.run.run} file {i}")
@@ -377,12 +477,37 @@ class SpeciesWork:
     progress: RunProgress
     failures: dict[str, str] = field(default_factory=dict)
     done: dict[str, QuantResult] = field(default_factory=dict)
+    remote: remote.RemoteSpecies | None = None  # an s3:// out_dir: each quantified run is uploaded at once
+    where: str = ""  # the species' tree as the user knows it (the s3:// URI or the local directory)
 
 
 @dataclass(frozen=True)
 class Work:
     species: SpeciesWork
     res: src.ResolvedRun
+
+
+def quant_and_keep(w: Work, paths: list[Path], threads: int, stop: threading.Event) -> QuantResult:
+    """quant_run, then (s3:// out_dir) the run's outputs to S3 before the run counts as quantified."""
+    result = quant_run(w.res, paths, quote(w.species.index), w.species.dirs.root, threads, w.species.fragment,
+                       quote(stop))  # fmt: skip
+    index = w.species.index.result() if hasattr(w.species.index, "result") else w.species.index
+    record_host_index(w.species.dirs.quant_dir(w.res.run.run), index[0])
+    if w.species.remote is not None:
+        keep_on_s3(w.species.remote, w.res.run.run)
+    return result
+
+
+def record_host_index(quant_dir: Path, index: Path) -> None:
+    """run_info.json names the index kallisto was given; on AWS Batch that is the job's staged copy. Name the
+    index here instead, as a local call does: the merge tells runs of different indices apart by its path."""
+    info = quant_dir / "run_info.json"
+    given = kallisto.parse_run_info(info).index
+    if given and given != str(index):
+        text = info.read_text()
+        tmp = info.with_name(f".{info.name}.tmp")
+        tmp.write_text(text.replace(given, str(index)))
+        tmp.replace(info)
 
 
 def stream_runs(
@@ -423,8 +548,7 @@ def stream_runs(
         quant_workers=max(1, threads),
         download=lambda w, i, lease: download(w.res, i, w.species.dirs.fastq, quote(lease), quote(counter),
                                               aws_credentials),  # fmt: skip
-        quant=lambda w, paths: quant_run(w.res, paths, quote(w.species.index), w.species.dirs.root, threads,
-                                         w.species.fragment, quote(stop)),  # fmt: skip
+        quant=lambda w, paths: quant_and_keep(w, paths, threads, stop),
         cleanup=lambda w: cleanup_run(w.species.dirs.fastq, w.res.run.run),
         on_event=on_event,
         stop=stop,

@@ -149,3 +149,14 @@ def test_readme_settings_table_lists_every_setting():
     missing = [f"GENOFLOWS_{name.upper()}" for name in Settings.model_fields
                if f"`GENOFLOWS_{name.upper()}`" not in table]
     assert missing == [], f"README's settings table lacks {missing}"
+
+
+def test_rnaseq_on_ecs_keeps_its_state_on_s3():
+    """An ECS task's disk is gone when it ends: the resuming RNA-seq deployment must keep out_dir on s3:// (checked
+    against the flow's own parameter, so a renamed parameter fails here), with one flow run at a time."""
+    ecs = [d for d in _deployments() if d["work_pool"]["name"] == "genoflows-ecs" and "rnaseq" in d["entrypoint"]]
+    assert ecs
+    for dep in ecs:
+        assert "out_dir" in _schema(dep["entrypoint"])["properties"], dep["name"]
+        assert str(dep["parameters"].get("out_dir", "")).startswith("s3://"), dep["name"]
+        assert dep.get("concurrency_limit") == 1, dep["name"]

@@ -89,16 +89,14 @@ def world(tmp_path_factory):
         "SRR5000009": {"n": 40000},  # larger than the whole budget
         "SRR5000010": {"sra": True, "n": 600},  # not on ENA: AWS .sra + fasterq-dump
     }
-    saved = dict(os.environ)
-    with ena_server(root / "srv", max_connections=3) as server:
+    with ena_server(root / "srv", max_connections=3) as server, pytest.MonkeyPatch.context() as env:
         build_world(root, server, tx, runs)
-        os.environ.update({"GENOFLOWS_ENA_BASE_URL": server.base_url,
-                           "GENOFLOWS_SRA_ODP_BASE_URL": f"{server.base_url}/sra",
-                           "GENOFLOWS_CACHE_DIR": str(root / "cache"), **RETRY_ENV})  # fmt: skip
+        # only these are put back afterwards: what other fixtures set meanwhile (moto's test credentials) stays
+        for k, v in {"GENOFLOWS_ENA_BASE_URL": server.base_url, "GENOFLOWS_SRA_ODP_BASE_URL": f"{server.base_url}/sra",
+                     "GENOFLOWS_CACHE_DIR": str(root / "cache"), **RETRY_ENV}.items():  # fmt: skip
+            env.setenv(k, v)
         get_settings.cache_clear()
         yield root, server, tx
-    os.environ.clear()
-    os.environ.update(saved)
     get_settings.cache_clear()
 
 

@@ -118,10 +118,10 @@ def test_species_yaml_takes_exactly_the_flow_parameters(tmp_path):
 
     import yaml
 
-    from flows.rnaseq_quant import rnaseq_quant
+    from flows.rnaseq_quant import SHARED, rnaseq_quant
 
-    params = {k: v for k, v in inspect.signature(rnaseq_quant.fn).parameters.items()
-              if k not in ("shared_limit", "aws_credentials")}  # set once for all species by the parent flow
+    assert set(SHARED) == {"shared_limit", "aws_credentials", "batch"}  # set once for all species by the parent flow
+    params = {k: v for k, v in inspect.signature(rnaseq_quant.fn).parameters.items() if k not in SHARED}
     assert list(SpeciesConfig.model_fields) == list(params)
     for name, p in params.items():
         if p.default is not p.empty:
