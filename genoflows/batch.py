@@ -38,6 +38,8 @@ TERMINAL = {"SUCCEEDED", "FAILED"}
 THROTTLED = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"}
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException"}
 LOG_GROUP = "/aws/batch/job"
+# Index files a tool finds beside its input without naming them (VCF/BCF, FASTA, BAM/CRAM): staged with it.
+INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai")
 
 
 class BatchError(RuntimeError):
@@ -95,6 +97,9 @@ def plan_staging(argv: Sequence[str], cwd: Path | None = None, extra_inputs: Seq
         p = p.resolve()
         if p.is_file():
             inputs.setdefault(str(p), f"{len(inputs)}/{p.name}")
+            for companion in (p.with_name(p.name + s) for s in INDEX_SUFFIXES):  # after the data: newer mtime
+                if companion.is_file():
+                    inputs.setdefault(str(companion), f"{len(inputs)}/{companion.name}")
         elif p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
                 inputs.setdefault(str(f), f"{len(inputs)}/{f.name}")
