@@ -81,12 +81,15 @@ else:
 print(json.dumps({"wall": wall, "delivered": delivered, "peak_mib": peak_mib()}))
 """
 
-MODES = {  # name -> what it measures (the settings compared side by side)
-    "bare": "bare Prefect tasks calling subprocess.run, task.map (Prefect's defaults)",
-    "project": "project tool runner (run_logged) in tasks, task.map: every future held",
-    "window": "project, tasks.runners.run_bounded(window): futures dropped per window",
-    "delivered": "project, run_bounded(window) waiting for event delivery between windows",
-    "batched": "project, 10 tool calls per task run (a tenth of the task runs)",
+QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}  # INFO lines still reach the API (UI)
+MODES = {  # name -> (what it measures, the flow it runs, extra environment): the settings compared side by side
+    "bare": ("bare Prefect tasks calling subprocess.run, task.map (Prefect's defaults)", "bare", {}),
+    "project": ("project tool runner (run_logged) in tasks, task.map: every future held", "project", {}),
+    "window": ("project, tasks.runners.run_bounded(window): futures dropped per window", "window", {}),
+    "delivered": ("project, run_bounded(window) waiting for event delivery between windows", "delivered", {}),
+    "console": ("project, task.map, INFO lines to the API only, not to the console", "project", QUIET_CONSOLE),
+    "both": ("project, run_bounded + event delivery + INFO lines to the API only", "delivered", QUIET_CONSOLE),
+    "batched": ("project, 10 tool calls per task run (a tenth of the task runs)", "batched", {}),
 }
 
 
@@ -97,8 +100,9 @@ def free_port() -> int:
 
 
 def run(mode: str, n: int, workers: int, window: int, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(n), str(workers), str(window)], env=env,
-                         cwd=ROOT, capture_output=True, text=True, check=False)
+    _, kind, extra = MODES.get(mode, ("", mode, {}))
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(n), str(workers), str(window)],
+                         env={**env, **extra}, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{mode} N={n} failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,7 +140,7 @@ def main() -> None:
     print(f"orchestration overhead, {os.cpu_count()} cores, load {load:.1f}, workers {args.workers}, "
           f"window {args.window}")
     for m in args.modes:
-        print(f"  {m:<10} {MODES[m]}")
+        print(f"  {m:<10} {MODES[m][0]}")
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
