@@ -1,12 +1,16 @@
 """What orchestration costs per tool call: the project's tool runner in Prefect tasks against bare Prefect tasks
-calling subprocess.run and against a plain thread pool, N = 10, 100, 1000, side by side in one run.
+calling subprocess.run and against a plain thread pool, N = 10, 100, 1000, side by side in one run, under each
+of the settings that change it (MODES: `task.map`, `tasks.runners.run_bounded` with and without waiting for
+event delivery, the console handler at WARNING, 10 calls per task run).
 
-Each configuration runs in its own Python process (so peak RSS is its own), with the same parallelism, on the
+Each setting runs in its own Python process (so peak RSS is its own), with the same parallelism, on the
 ephemeral API and on a local `prefect server` started here. The tool is `true`: every millisecond above the plain
-pool's is orchestration. Prints per-call overhead (ms) over the plain pool, the ratio to bare Prefect tasks
-(target ≤ 1.5) and the flow process's peak memory (target: flat in N beyond the results).
+pool's is orchestration. Prints per-call overhead (ms) over the plain pool until the flow returns and until the
+API has every event and log line, the ratio to bare Prefect tasks (target ≤ 1.5) and the flow process's peak
+memory (target: flat in N beyond the results). What each setting bought: docs/scale.md.
 
-    python benchmarks/orchestration_overhead.py [--n 10 100 1000] [--workers 8] [--no-server]
+    flock /work/wt/bench.lock python benchmarks/orchestration_overhead.py [--n 10 100 1000] [--workers 8]
+        [--window 64] [--modes bare project delivered console both batched] [--no-server]
 """
 
 from __future__ import annotations
