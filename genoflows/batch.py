@@ -2,9 +2,9 @@
 
 The flow's machine and the Batch container do not share a disk, so files move through S3:
 
-1. `plan_staging` reads the argv: every path it names that exists here is an input (a file, or a prefix such as
-   regenie's `--bed data/example` with its `example.*` siblings); the directory of every path is a working
-   directory whose new files are the outputs (`--out results/chr1` → `results/`).
+1. `plan_staging` reads the argv: every path it names that exists here is an input (a file with the index files
+   beside it, or a prefix such as regenie's `--bed data/example` with its `example.*` siblings); the directory
+   of every path is a working directory whose new files are the outputs (`--out results/chr1` → `results/`).
 2. Inputs are uploaded under `<staging>/<job key>/in/` (skipped when an object of the same size and mtime is
    already there), and a JSON spec under `<staging>/<job key>/spec.json` tells the container what to do.
 3. The job runs `python -m genoflows.batch_entry <spec uri>` in the job definition's image: it downloads the
