@@ -7,6 +7,10 @@ Each run lands in its own `<out_dir>/<sample_id>/run-<key>/` (key: input version
 input, each engine's own files, `metrics.csv` (long format), `provenance.jsonl` and `run.json`. Finished runs are
 never overwritten: the same inputs again are reported up to date, a changed input gets a new run directory.
 Unknown samples without `truth`, and SV requests with no truth set, fail before any download.
+
+With both variant types the small-variant and the SV comparison run at the same time, on the configured task
+runner (`tasks.runners.fan_out_runner`: threads, or a Dask/Ray cluster by `GENOFLOWS_TASK_RUNNER`). An `AwsBatch`
+block (`batch`) sends the tools it lists (e.g. truvari, hap.py) to AWS Batch, on threads and on Dask alike.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field
 
+from blocks.aws_batch import AwsBatch, batch_for
 from blocks.tool_images import ToolImages
 from genoflows.giab import catalogue, runs, small
 from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
@@ -33,6 +39,7 @@ from tasks.giab import (
     stage_query,
     write_metrics,
 )
+from tasks.runners import fan_out_runner
 
 
 class TruthSet(BaseModel):
@@ -74,6 +81,7 @@ def giab_benchmark(
     out_dir: Path | None = None,
     aws_credentials: AwsCredentials | None = None,
     tool_images: ToolImages | None = None,
+    batch: AwsBatch | None = None,
 ) -> Path:
     """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
 
@@ -92,11 +100,12 @@ def giab_benchmark(
             with the same inputs, truth and engine finds its finished run and does nothing.
         aws_credentials: A prefect-aws AwsCredentials block for s3:// URIs (default: the environment's).
         tool_images: A ToolImages block (e.g. hap.py in its official image).
+        batch: An AwsBatch block: the tools it lists (e.g. truvari, hap.py) run as AWS Batch jobs.
     """
     hg = check_request(sample_id, build, list(variant_types), truth, file)
     sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     logger = get_run_logger()
-    with tool_images.applied() if tool_images is not None else nullcontext():
+    with tool_images.applied() if tool_images is not None else nullcontext(), batch_for(batch):
         inputs = locate_inputs(source, sample_id, list(variant_types), file, aws_credentials)
         chosen = None
         if "small" in variant_types:
@@ -118,15 +127,18 @@ def giab_benchmark(
                 build, hg, list(variant_types), truth.vcf if truth else None, truth.bed if truth else None,
                 aws_credentials,
             )
-            small_result = sv_result = None
+            comparisons = {}
             if "small" in variant_types:
                 staged = stage_query(inputs["small"], run / "input", aws_credentials)
                 query = prepare_query(staged, sample_id, run / "query")
-                small_result = benchmark_small(chosen, refs.small, query, refs.fasta, run, build)
+                comparisons["small"] = (benchmark_small, {"engine": chosen, "truth": refs.small, "query": query,
+                                                          "fasta": refs.fasta, "out_dir": run, "build": build})
             if "sv" in variant_types:
                 staged_sv = stage_query(inputs["sv"], run / "input", aws_credentials)
-                sv_result = benchmark_sv(refs.sv, staged_sv, refs.fasta, run)
-            rows = write_metrics(sample_id, hg or "custom", build, run, small_result, sv_result)
+                comparisons["sv"] = (benchmark_sv, {"truth": refs.sv, "query": staged_sv, "fasta": refs.fasta,
+                                                    "out_dir": run})
+            results = compare_concurrently(comparisons, batch, tool_images)
+            rows = write_metrics(sample_id, hg or "custom", build, run, results.get("small"), results.get("sv"))
         except BaseException:
             runs.discard(run)
             raise
@@ -134,3 +146,14 @@ def giab_benchmark(
     publish(sample_id, hg or "custom", build, final, rows)
     logger.info("%s benchmarked: %s", sample_id, final)
     return final / "metrics.csv"
+
+
+def compare_concurrently(comparisons: dict, batch: AwsBatch | None, tool_images: ToolImages | None) -> dict:
+    """Run the comparisons (name -> (task, parameters)) at the same time on the fan-out runner; their results by
+    name. The blocks go to each task explicitly: a Dask/Ray worker does not see the flow's context. The first
+    failure is raised after all have finished, so no comparison is left running in the run directory."""
+    with fan_out_runner(max(1, len(comparisons))) as runner:
+        futures = {name: runner.submit(t, parameters={**params, "batch": batch, "tool_images": tool_images})
+                   for name, (t, params) in comparisons.items()}
+        wait(list(futures.values()))
+        return {name: future.result() for name, future in futures.items()}

@@ -2,9 +2,9 @@
 
 The flow's machine and the Batch container do not share a disk, so files move through S3:
 
-1. `plan_staging` reads the argv: every path it names that exists here is an input (a file, or a prefix such as
-   regenie's `--bed data/example` with its `example.*` siblings); the directory of every path is a working
-   directory whose new files are the outputs (`--out results/chr1` → `results/`).
+1. `plan_staging` reads the argv: every path it names that exists here is an input (a file with the index files
+   beside it, or a prefix such as regenie's `--bed data/example` with its `example.*` siblings); the directory
+   of every path is a working directory whose new files are the outputs (`--out results/chr1` → `results/`).
 2. Inputs are uploaded under `<staging>/<job key>/in/` (skipped when an object of the same size and mtime is
    already there), and a JSON spec under `<staging>/<job key>/spec.json` tells the container what to do.
 3. The job runs `python -m genoflows.batch_entry <spec uri>` in the job definition's image: it downloads the
@@ -38,6 +38,8 @@ TERMINAL = {"SUCCEEDED", "FAILED"}
 THROTTLED = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"}
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException"}
 LOG_GROUP = "/aws/batch/job"
+# Index files a tool finds beside its input without naming them (VCF/BCF, FASTA, BAM/CRAM): staged with it.
+INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai")
 
 
 class BatchError(RuntimeError):
@@ -95,6 +97,9 @@ def plan_staging(argv: Sequence[str], cwd: Path | None = None, extra_inputs: Seq
         p = p.resolve()
         if p.is_file():
             inputs.setdefault(str(p), f"{len(inputs)}/{p.name}")
+            for companion in (p.with_name(p.name + s) for s in INDEX_SUFFIXES):  # after the data: newer mtime
+                if companion.is_file():
+                    inputs.setdefault(str(companion), f"{len(inputs)}/{companion.name}")
         elif p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
                 inputs.setdefault(str(f), f"{len(inputs)}/{f.name}")

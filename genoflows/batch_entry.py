@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import boto3
 
+from genoflows.toolrun import which
+
 
 def _split(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
@@ -50,6 +52,7 @@ def main(spec_uri: str) -> int:
         return token
 
     argv = [rewrite(t) for t in spec["argv"]]
+    argv[0] = which(argv[0]) or argv[0]  # as the tool runner finds it: on PATH, else beside this interpreter
     cwd = rewrite(spec["cwd"]) if spec.get("cwd") else None
     print(f"genoflows: running {spec['tool']} with {len(spec['inputs'])} staged inputs", flush=True)
     proc = subprocess.run(argv, cwd=cwd, stdout=sys.stdout, stderr=subprocess.STDOUT)

@@ -8,6 +8,8 @@ as a prefect-aws `AwsCredentials` block object (a block-typed flow parameter), n
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from blocks.aws_batch import batch_for
 from genoflows.fetch import s3_client
 from genoflows.giab import catalogue, references, small, source, sv
 from genoflows.giab.metrics import headline_table, metrics_rows, slug, write_metrics_csv
@@ -26,6 +29,9 @@ from tasks.runtime import log_lines, run_logger
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
+
+    from blocks.aws_batch import AwsBatch
+    from blocks.tool_images import ToolImages
 
 @dataclass
 class ReferenceBundle:
@@ -141,24 +147,49 @@ def prepare_query(staged: Path, sample_id: str, out_dir: Path) -> Path:
     return variant_sites(staged, dst, sample_id=sample_id, log=log_lines(), provenance_dir=Path(out_dir).parent)
 
 
+@contextmanager
+def where_tools_run(batch: AwsBatch | None, tool_images: ToolImages | None) -> Iterator[None]:
+    """The flow's AWS Batch block and tool images, applied inside a task. On threads the task already sees the
+    flow's context; a Dask or Ray worker process does not (context variables and the flow's environment stay in
+    the flow's process), so fanned-out tasks take both blocks as parameters and apply them here."""
+    with tool_images.applied() if tool_images is not None else nullcontext(), batch_for(batch):
+        yield
+
+
 @task(cache_policy=NO_CACHE, task_run_name="benchmark small variants ({engine})")
 def benchmark_small(
-    engine: str, truth: references.LocalTruth, query: Path, fasta: Path, out_dir: Path, build: str | None = None
+    engine: str,
+    truth: references.LocalTruth,
+    query: Path,
+    fasta: Path,
+    out_dir: Path,
+    build: str | None = None,
+    batch: AwsBatch | None = None,
+    tool_images: ToolImages | None = None,
 ) -> small.SmallOutcome:
     """hap.py or the local engine, as chosen by the flow (`small.choose_engine`)."""
     log = log_lines()
     kw = {"confident_bed": truth.bed, "build": build, "log": log, "provenance_dir": Path(out_dir)}
-    if engine == "happy":
-        return small.run_happy(truth.vcf, query, fasta, out_dir, **kw)
-    return small.run_local(truth.vcf, query, fasta, out_dir, cache_dir=get_settings().cache_dir, **kw)
+    with where_tools_run(batch, tool_images):
+        if engine == "happy":
+            return small.run_happy(truth.vcf, query, fasta, out_dir, **kw)
+        return small.run_local(truth.vcf, query, fasta, out_dir, cache_dir=get_settings().cache_dir, **kw)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="benchmark structural variants")
-def benchmark_sv(truth: references.LocalTruth, query: Path, fasta: Path, out_dir: Path) -> sv.SvResult:
+def benchmark_sv(
+    truth: references.LocalTruth,
+    query: Path,
+    fasta: Path,
+    out_dir: Path,
+    batch: AwsBatch | None = None,
+    tool_images: ToolImages | None = None,
+) -> sv.SvResult:
     """truvari bench, all calls and PASS calls."""
-    return sv.run_truvari(
-        truth.vcf, query, fasta, out_dir, include_bed=truth.bed, log=log_lines(), provenance_dir=Path(out_dir)
-    )
+    with where_tools_run(batch, tool_images):
+        return sv.run_truvari(
+            truth.vcf, query, fasta, out_dir, include_bed=truth.bed, log=log_lines(), provenance_dir=Path(out_dir)
+        )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="write metrics of {sample_id}")

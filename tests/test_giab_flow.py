@@ -380,21 +380,6 @@ def test_a_lab_file_replaced_by_one_of_the_same_size_is_benchmarked_anew(where, 
         assert sorted(p.name for p in (out / sid).iterdir()) == sorted([run1.name, run2.name])  # no temp left
 
 
-def test_small_and_sv_for_hg002_on_grch37_from_a_local_directory(prefect_harness, env, world, mirror, tmp_path):
-    sid = world.sample_id(HG2)
-    state = _run(sample_id=sid, source=str(world.lab), build="GRCh37", variant_types=["small", "sv"],
-                 out_dir=tmp_path / "out")
-    assert state.is_completed(), state
-    metrics = _metrics(state.result())
-    _assert_small_metrics(metrics, world.genomes[HG2].expected)  # chr-named lab calls renamed to GRCh37's 1, 2
-    for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
-        for key, value in expected.items():
-            assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
-    assert (state.result().parent / "truvari" / "summary.json").exists()
-    sv_truth = catalogue.sv_truth(HG2, "GRCh37", "")
-    assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
-
-
 def test_sv_on_grch38_is_benchmarked_against_cmrg_verified_like_any_truth(prefect_harness, env, world, mirror,
                                                                           tmp_path):
     sid = world.sample_id(HG2)
@@ -456,7 +441,8 @@ def test_parameters_render_as_a_form():
     assert set(schema["definitions"]["TruthSet"]["properties"]) == {"vcf", "bed"}
     # Blocks are block-typed parameters: the UI offers a block picker, not a free-text block name.
     for name, block, slug in (("aws_credentials", "AwsCredentials", "aws-credentials"),
-                              ("tool_images", "ToolImages", "genoflows-tool-images")):
+                              ("tool_images", "ToolImages", "genoflows-tool-images"),
+                              ("batch", "AwsBatch", "genoflows-aws-batch")):
         assert {"$ref": f"#/definitions/{block}"} in props[name]["anyOf"], props[name]
         assert schema["definitions"][block]["block_type_slug"] == slug
     assert "aws_credentials_block" not in props and "tool_images_block" not in props
@@ -539,3 +525,68 @@ def test_happy_runs_in_the_image_named_by_a_tool_images_block(prefect_harness, e
     from genoflows.settings import get_settings
 
     assert get_settings().tool_images == {}  # the block applied to that flow run only
+
+
+def test_small_and_sv_fan_out_on_a_two_process_dask_cluster_with_truvari_on_batch(
+        prefect_harness, env, world, mirror, moto_endpoint, monkeypatch, tmp_path):
+    """HG002 small + SV on GRCh37 from a local directory; the two comparisons run at once on the configured task
+    runner. The default thread pool's run gives the world's expected counts. On a local Dask cluster of two
+    worker processes, with truvari sent to AWS Batch (moto + the local agent) by the flow's `batch` block, the
+    run gives the thread pool's metrics.csv byte for byte; the block reaches the Dask workers (they do not see
+    the flow's context), and truvari's inputs travel with their indexes."""
+    import boto3
+    from prefect.settings import PREFECT_API_URL
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    import flows.giab_benchmark as giab_flow
+    from blocks.aws_batch import AwsBatch, BatchToolResources
+    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.toolrun import read_provenance
+
+    sid = world.sample_id(HG2)
+    params = dict(sample_id=sid, source=str(world.lab), build="GRCh37", variant_types=["small", "sv"],
+                  engine="bcftools")
+    threads = _run(**params, out_dir=tmp_path / "threads")  # the default thread pool, from a local directory
+    assert threads.is_completed(), threads
+    metrics = _metrics(threads.result())
+    _assert_small_metrics(metrics, world.genomes[HG2].expected)  # chr-named lab calls renamed to GRCh37's 1, 2
+    for flt, expected in (("ALL", world.sv.expected_all), ("PASS", world.sv.expected_pass)):
+        for key, value in expected.items():
+            assert metrics[("truvari", "SV", flt, key)] == str(value), (flt, key)
+    assert (threads.result().parent / "truvari" / "summary.json").exists()
+    sv_truth = catalogue.sv_truth(HG2, "GRCh37", "")
+    assert any(r.path.endswith(sv_truth.vcf.name) for r in mirror.downloads())
+
+    runners, configured = [], giab_flow.fan_out_runner
+    monkeypatch.setattr(giab_flow, "fan_out_runner", lambda n: runners.append(configured(n)) or runners[-1])
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the Dask workers report here too
+    monkeypatch.setenv("GENOFLOWS_TASK_RUNNER", "dask")
+    monkeypatch.setenv("GENOFLOWS_DASK_WORKERS", "2")
+    get_settings.cache_clear()
+    bucket = "giab-batch-staging"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    create_queue(moto_endpoint)
+    batch = AwsBatch(
+        aws_credentials=AwsCredentials(region_name="us-east-1",
+                                       aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)),
+        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/jobs",
+        tools={"truvari": BatchToolResources(vcpus=1, memory_mib=2048)}, poll_initial_seconds=0.2,
+        poll_max_seconds=0.5,
+    )
+    with local_batch(moto_endpoint) as agent:
+        dask = _run(**params, out_dir=tmp_path / "dask", batch=batch)
+    assert dask.is_completed(), dask
+    assert [type(r).__name__ for r in runners] == ["DaskTaskRunner"]
+
+    a, b = threads.result(), dask.result()
+    assert a.read_bytes() == b.read_bytes()
+    assert (a.parent / "bcftools" / "summary.csv").read_bytes() == (b.parent / "bcftools" / "summary.csv").read_bytes()
+    # truvari (ALL and PASS) ran as two Batch jobs; every other tool where the task ran.
+    records = read_provenance(b.parent)
+    on_batch = [r for r in records if r.get("executor")]
+    assert [r["tool"] for r in on_batch] == ["truvari", "truvari"] and len(agent.submitted) == 2
+    assert all(r["executor"]["queue"] == "genoflows-tools" and r["executor"]["batch_job_id"] for r in on_batch)
+    assert {r["tool"] for r in records} - {"truvari"} and not any(
+        r.get("executor") for r in records if r["tool"] != "truvari")
+    assert not any(r.get("executor") for r in read_provenance(a.parent))

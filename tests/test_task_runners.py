@@ -84,3 +84,40 @@ def test_ray_without_its_extra_says_how_to_install(monkeypatch):
         assert type(configured_task_runner()).__name__ == "RayTaskRunner"
     finally:
         get_settings.cache_clear()
+
+
+def test_run_bounded_keeps_at_most_a_window_in_flight_and_yields_states_in_order(prefect_harness):
+    """Many short tool calls: the thread pool is 8 wide, the window 3, so never more than 3 task runs run at
+    once (task.map would start 8); every state comes back in submission order, a failed one as a state."""
+    import threading
+    import time
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from tasks.runners import run_bounded
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    @task
+    def call(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            run_logged(["true"] if i != 4 else ["false"])
+            return i
+        finally:
+            with lock:
+                running[0] -= 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=8))
+    def many() -> list:
+        return [(s.type.value, s.result() if s.is_completed() else None)
+                for s in run_bounded(call, ({"i": i} for i in range(10)), window=3)]
+
+    got = many()
+    assert got == [("COMPLETED", i) if i != 4 else ("FAILED", None) for i in range(10)]
+    assert 2 <= peak[0] <= 3
+    with pytest.raises(ValueError, match="window"):
+        next(run_bounded(call, [{"i": 1}], window=0))
