@@ -248,7 +248,8 @@ def test_a_failing_stage_is_named_even_when_the_stages_after_it_exit_0(tmp_path)
     assert err.value.stage == 1 and err.value.returncode == 7
     assert str(err.value).startswith("pipeline stage 1 of 2 (python") and "exited with code 7" in str(err.value)
     assert "disk full" in str(err.value)
-    assert [r["returncode"] for r in read_provenance(tmp_path)] == [7, 0]
+    codes = [r["returncode"] for r in read_provenance(tmp_path)]
+    assert codes[0] == 7 and codes[1] in (0, -15)  # the reader finished on the cut-off input, or was terminated
 
 
 def test_a_failing_middle_stage_is_blamed_not_the_stage_that_lost_its_pipe(tmp_path):
