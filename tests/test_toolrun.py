@@ -296,7 +296,7 @@ def test_each_stage_runs_in_its_own_container_connected_by_pipes(engine, monkeyp
                     "args[args.index('busybox-image:1') + 1:])\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", '{"%s": "busybox-image:1"}' % os.path.basename(sys.executable))
+    monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", json.dumps({os.path.basename(sys.executable): "busybox-image:1"}))
     engine("podman")
     out = tmp_path / "work" / "reversed.txt"
     out.parent.mkdir()
