@@ -46,8 +46,8 @@ def normalise(
 
     One pipeline (`run_pipeline`), no file between the steps: [rename contigs ->] split and left-align -> atomize
     -> sort, passing uncompressed BCF through OS pipes, so the steps run at once and nothing is compressed only to
-    be decompressed again. The sorted output is BGZF level 1 (read once or twice; level 6 costs several times the
-    CPU for a file ~25 % smaller). `rename` ({old: new} contig names) adds the renaming as the first stage.
+    be decompressed again. The sorted output is BGZF level 1: it is read once or twice, and level 1 compresses
+    several times faster than the default level for a somewhat larger file (docs/giab-local-engine.md). `rename` ({old: new} contig names) adds the renaming as the first stage.
     A REF allele that disagrees with the reference stops with ReferenceMismatch naming the file.
     """
     vcf, reference, dst, work_dir = (Path(p).resolve() for p in (vcf, reference, dst, work_dir))
@@ -55,20 +55,20 @@ def normalise(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dst)
     tmp_csi = Path(f"{tmp}.csi")
-    sort_tmp = Path(tempfile.mkdtemp(prefix=f".{label}.sort-", dir=dst.parent))
     map_file = temp_path(work_dir / f"{label}.rename-chrs.txt") if rename else None
-    stages: list[list[str]] = []
-    if rename and map_file is not None:
-        map_file.write_text("".join(f"{old}\t{new}\n" for old, new in rename.items()))
-        stages.append(bcftools.rename_chrs_argv(vcf, PIPE_OUT, map_file, output_type="u"))
-    stages += [
-        bcftools.norm_argv(PIPE_IN if stages else vcf, PIPE_OUT, reference, output_type="u"),
-        bcftools.atomize_argv(PIPE_IN, PIPE_OUT, reference, output_type="u"),
-        bcftools.sort_argv(PIPE_IN, tmp, sort_tmp, output_type="b1"),
-    ]
-    mounts = [vcf.parent, reference.parent, *([map_file.parent] if map_file else [])]
-    kw = {"log": log, "provenance_dir": provenance_dir, "mounts": mounts, "cwd": dst.parent}
+    sort_tmp = Path(tempfile.mkdtemp(prefix=f".{label}.sort-", dir=dst.parent))
     try:
+        stages: list[list[str]] = []
+        if rename and map_file is not None:
+            map_file.write_text("".join(f"{old}\t{new}\n" for old, new in rename.items()))
+            stages.append(bcftools.rename_chrs_argv(vcf, PIPE_OUT, map_file, output_type="u"))
+        stages += [
+            bcftools.norm_argv(PIPE_IN if stages else vcf, PIPE_OUT, reference, output_type="u"),
+            bcftools.atomize_argv(PIPE_IN, PIPE_OUT, reference, output_type="u"),
+            bcftools.sort_argv(PIPE_IN, tmp, sort_tmp, output_type="b1"),
+        ]
+        mounts = [vcf.parent, reference.parent, *([map_file.parent] if map_file else [])]
+        kw = {"log": log, "provenance_dir": provenance_dir, "mounts": mounts, "cwd": dst.parent}
         try:
             run_pipeline(stages, work_dir=work_dir, **kw)
         except PipelineError as exc:

@@ -193,7 +193,8 @@ def variant_sites(
     threads = min(4, os.cpu_count() or 1)
     # A unique temp name (two runs staging the same sample never share one), indexed, then renamed; on any error
     # the temp file and its index are removed (genoflows.files.atomic_output). BGZF level 1: the file is read
-    # once by the normalisation, and level 6 costs several times the CPU for a file ~25 % smaller.
+    # once by the normalisation, and level 1 compresses several times faster than the default for a somewhat
+    # larger file (docs/giab-local-engine.md, "Speed and memory").
     with atomic_output(dst, index="tbi") as tmp:
         run = run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample, threads=threads, output_type="z1"), log=log,
                        provenance_dir=provenance_dir)
