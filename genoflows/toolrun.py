@@ -379,6 +379,7 @@ def run_pipeline(
     procs: list[subprocess.Popen] = []
     terminated: set[int] = set()
     seen_at: dict[int, int] = {}
+    ended: dict[int, float] = {}  # when each stage's exit was first seen: its own wall time, which bounds the rest
     rounds = 0
     t0 = time.monotonic()
     try:
@@ -400,8 +401,9 @@ def run_pipeline(
             codes = [p.poll() for p in procs]
             rounds += 1
             for i, c in enumerate(codes):
-                if c is not None:
-                    seen_at.setdefault(i, rounds)
+                if c is not None and i not in seen_at:
+                    seen_at[i] = rounds
+                    ended[i] = time.monotonic()
             if all(c is not None for c in codes):
                 break
             stopping = stop is not None and stop.is_set()
@@ -420,9 +422,9 @@ def run_pipeline(
             if p.poll() is None:  # an error while starting the stages: leave nothing running
                 terminated.add(i)
                 _terminate(p)
-        seconds = round(time.monotonic() - t0, 3)
-        records = [_pipeline_record(i, n, argvs[i], cmds[i], procs[i].returncode if i < len(procs) else -1,
-                                    versions[i], images[i], started, seconds, errs[i], tail_lines, provenance_dir)
+        now = time.monotonic()
+        records = [_pipeline_record(i, n, argvs[i], cmds[i], procs[i].returncode, versions[i], images[i], started,
+                                    round(ended.get(i, now) - t0, 3), errs[i], tail_lines, provenance_dir)
                    for i in range(len(procs))]
         tails = [_tail_of(errs[i], tail_lines) for i in range(len(procs))]
         for fh in errs:

@@ -309,9 +309,10 @@ def test_each_stage_runs_in_its_own_container_connected_by_pipes(engine, monkeyp
     assert out.read_text().splitlines()[:2] == ["4999", "4998"] and len(out.read_text().splitlines()) == 5000
     import ast
 
-    argvs = [ast.literal_eval(line) for line in calls.read_text().splitlines()]
-    assert len(argvs) == 2 and all(a[:2] == ["run", "--rm"] for a in argvs)
-    assert "-i" not in argvs[0] and "-i" in argvs[1]  # only the reading stage keeps its stdin
+    argvs = [ast.literal_eval(line) for line in calls.read_text().splitlines()]  # in the order they started
+    writer, reader = sorted(argvs, key=lambda a: REVERSE in a)
+    assert len(argvs) == 2 and all(a[:2] == ["run", "--rm"] for a in argvs) and WRITE_LINES in writer
+    assert "-i" not in writer and "-i" in reader  # only the reading stage keeps its stdin
     assert all(["--network", "none"] == a[a.index("--network"):a.index("--network") + 2] for a in argvs)
     assert all(r.image == "busybox-image:1" for r in records)
     assert "reversed 5000" in (tmp_path / "tools.log").read_text()

@@ -192,11 +192,10 @@ def variant_sites(
         log(f"{src.name} is a {kind}; keeping variant sites{f' of sample {sample}' if sample else ''}")
     threads = min(4, os.cpu_count() or 1)
     # A unique temp name (two runs staging the same sample never share one), indexed, then renamed; on any error
-    # the temp file and its index are removed (genoflows.files.atomic_output). BGZF level 1: the file is read
-    # once by the normalisation, and level 1 compresses several times faster than the default for a somewhat
-    # larger file (docs/giab-local-engine.md, "Speed and memory").
+    # the temp file and its index are removed (genoflows.files.atomic_output). The default compression level:
+    # level 1 was measured no faster here (parsing the gVCF bounds this step; compression runs in --threads).
     with atomic_output(dst, index="tbi") as tmp:
-        run = run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample, threads=threads, output_type="z1"), log=log,
+        run = run_tool(bcftools.gvcf_to_variants_argv(src, tmp, sample, threads=threads), log=log,
                        provenance_dir=provenance_dir)
         refuse_read_errors(run, src)
         require_records(tmp, "input", shown=src.name, what="variant records (genotypes carrying an ALT allele)")
