@@ -353,3 +353,20 @@ def batch_env(moto_endpoint, monkeypatch):
     from tests.test_batch import batch_env as make_env
 
     yield from make_env.__wrapped__(moto_endpoint, monkeypatch)
+
+
+def test_stop_terminates_every_stage_of_a_pipeline(tmp_path):
+    import threading
+    import time
+
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, PipelineStopped, run_pipeline
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    slow = "import sys, time\ntime.sleep(60)"
+    t0 = time.monotonic()
+    with pytest.raises(PipelineStopped):
+        run_pipeline([[sys.executable, "-c", slow, PIPE_OUT], [sys.executable, "-c", slow, PIPE_IN]], stop=stop,
+                     provenance_dir=tmp_path)
+    assert time.monotonic() - t0 < 15
+    assert all(r["returncode"] < 0 for r in read_provenance(tmp_path))  # both ended by a signal, and recorded
