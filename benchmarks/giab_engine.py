@@ -263,6 +263,7 @@ def main() -> None:
     cached = (root / "complete").exists()
     paths = build_world(root, args.scale, args.seed, args.fp_multiplier)
     print(f"world: {root} ({'cached' if cached else 'generated'} in {time.monotonic() - t0:.1f} s)")
+    print("load average (1, 5, 15 min) at start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     work = Path(tempfile.mkdtemp(prefix="giab-bench-", dir=root))
     cache = root / "cache"
     try:
@@ -303,6 +304,7 @@ def main() -> None:
             n_fp2 = sum(res2.counts[(t, "ALL")].query_fp for t in ("SNP", "INDEL"))
             print(f"\nfp-check: {n_fp2:,} FP ({n_fp2 / max(n_fp, 1):.1f}x) -> peak {peak2 / 2**30:.2f} GiB vs "
                   f"{peak / 2**30:.2f} GiB ({peak2 / peak:.2f}x), total {sum(phases2.values()):.1f} s")
+        print("load average (1, 5, 15 min) at end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from genoflows import batch
 from genoflows.images import check_engine, check_image
@@ -88,6 +90,7 @@ class ToolRun:
     log_offset: int | None = None  # where this call's block starts in it (bytes)
     lines: int = 0
     executor: dict | None = None  # where it ran when not here, e.g. {"batch_job_id", "queue", "job_definition"}
+    pipeline: dict | None = None  # for a stage of `run_pipeline`: {"stage": i, "of": n, "mode": "pipes"|"files"}
 
 
 def _tool_name(argv0: str) -> str:
@@ -120,6 +123,7 @@ def container_argv(
     workdir: Path | None,
     *,
     network: bool = False,
+    interactive: bool = False,
 ) -> list[str]:
     """Wrap argv so it runs in `image` with the least it needs.
 
@@ -127,11 +131,12 @@ def container_argv(
     read-write, the working directory); inputs at or below it are already covered by it. No network unless
     `network` (a tool that downloads), no capabilities, no privilege escalation, the caller's uid:gid so
     outputs belong to the caller. Engine and image are checked (allow-list, well-formed reference).
+    `interactive` keeps the container's stdin attached (`-i`), for a pipeline stage that reads a pipe.
     """
     engine = check_engine(get_settings().container_engine)
     check_image(image)
-    wrapped = [engine, "run", "--rm", "--network", "bridge" if network else "none", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "--user", f"{os.getuid()}:{os.getgid()}"]
+    wrapped = [engine, "run", "--rm", *(["-i"] if interactive else []), "--network", "bridge" if network else "none",
+               "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", f"{os.getuid()}:{os.getgid()}"]
     writable = Path(workdir).resolve() if workdir is not None else None
     for m in sorted({Path(m).resolve() for m in inputs}):
         if writable is not None and m.is_relative_to(writable):
@@ -267,6 +272,255 @@ def run_tool(
     return record
 
 
+# --- pipelines: tools connected by OS pipes --------------------------------------------------------------------
+
+
+class _PipeEnd(str):
+    """A place in a pipeline stage's argv where the pipe is: "-" (stdin/stdout) when stages are connected by pipes,
+    a temp file's path when they run one after another (see `run_pipeline`)."""
+
+    def __new__(cls, role: str) -> _PipeEnd:
+        obj = super().__new__(cls, "-")
+        obj.role = role
+        return obj
+
+    def __repr__(self) -> str:
+        return f"PIPE_{self.role.upper()}"
+
+
+PIPE_IN = _PipeEnd("in")  # this stage reads the previous stage's output here ("-": stdin)
+PIPE_OUT = _PipeEnd("out")  # this stage writes the next stage's input here ("-": stdout)
+
+
+class PipelineError(ToolError):
+    """A stage of a pipeline failed; the message names the stage (number, tool, argv) and its exit status."""
+
+    def __init__(self, stage: int, stages: int, tool: str, argv: Sequence[str], returncode: int,
+                 tail: Sequence[str]):
+        super().__init__(tool, argv, returncode, tail)
+        self.stage, self.stages = stage, stages
+        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+        last = "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+        self.args = (f"pipeline stage {stage} of {stages} ({tool}) {how}: {' '.join(self.argv)}\n"
+                     f"  last output:\n{last}",)
+
+
+class PipelineStopped(PipelineError, ToolStopped):
+    """The pipeline was terminated because its caller asked to stop."""
+
+
+def _check_stages(stages: Sequence[Sequence]) -> None:
+    if not stages:
+        raise ValueError("a pipeline needs at least one stage")
+    for i, argv in enumerate(stages):
+        n_in = sum(1 for a in argv if a is PIPE_IN)
+        n_out = sum(1 for a in argv if a is PIPE_OUT)
+        if n_in != (1 if i > 0 else 0) or n_out != (1 if i < len(stages) - 1 else 0):
+            raise ValueError(
+                f"pipeline stage {i + 1} ({' '.join(map(str, argv))}): every stage but the first reads PIPE_IN once, "
+                f"every stage but the last writes PIPE_OUT once"
+            )
+
+
+def run_pipeline(
+    stages: Sequence[Sequence[str | os.PathLike[str]]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+    provenance_dir: Path | None = None,
+    mounts: Sequence[Path] = (),
+    tail_lines: int = 30,
+    stop: threading.Event | None = None,
+    work_dir: Path | None = None,
+) -> list[ToolRun]:
+    """Run argv lists connected by OS pipes (no shell): stage i's `PIPE_OUT` feeds stage i+1's `PIPE_IN`.
+
+    Why: tools that pass a file on (normalise -> atomize -> sort) spend much of their time compressing and
+    decompressing files nobody keeps; a pipe costs neither, and the stages run at once on different cores.
+
+    Like `run_tool` for each stage: its stderr (the last stage's stdout too) goes to `tools.log` as its own block,
+    one summary line per stage goes to `log`, one provenance record per stage (with `pipeline`: stage, of, mode).
+    The pipeline succeeds only when EVERY stage exits 0 (a stage whose input was cut short may still exit 0, so
+    the last stage's status alone proves nothing). When a stage fails the others are terminated and PipelineError
+    names the stage that failed first - not the ones that merely lost their pipe (SIGPIPE) or were terminated
+    because of it. Nothing is written to disk but the stages' own outputs and the log (stderr is collected in
+    anonymous temp files, which cannot outlive the process).
+
+    Containers: a stage whose tool has an image runs in its own container (`container_argv`, with `-i` when it
+    reads the pipe), connected to its neighbours by the same pipes; `mounts` and `cwd` as in `run_tool`.
+
+    AWS Batch: a Batch job has no pipe to its neighbours. When a Batch runner is configured for any stage's tool,
+    the stages run one after another through `run_tool` (each on Batch or here, as configured), `PIPE_OUT` and
+    `PIPE_IN` becoming a unique temp file in `work_dir` (default `cwd`), removed when the pipeline ends.
+    """
+    _check_stages(stages)
+    argvs = [[a if isinstance(a, _PipeEnd) else str(a) for a in argv] for argv in stages]
+    if any(batch.runner_for(_tool_name(argv[0])) is not None for argv in argvs):
+        return _run_stages_with_files(argvs, cwd=cwd, env=env, log=log, provenance_dir=provenance_dir,
+                                      mounts=mounts, tail_lines=tail_lines, stop=stop, work_dir=work_dir or cwd)
+    n = len(argvs)
+    cmds, images = [], []
+    for i, argv in enumerate(argvs):
+        tool = _tool_name(argv[0])
+        image = image_for(tool)
+        if image is None and (local := which(argv[0])) is None:
+            raise ToolNotFound(
+                f"{tool} (pipeline stage {i + 1} of {n}) is not installed: install it (make setup installs the "
+                f"Debian tools) or set GENOFLOWS_TOOL_IMAGES='{{\"{tool}\": \"<image>\"}}' to run it in a container"
+            )
+        plain = [str(a) for a in argv]
+        cmds.append(container_argv(image, plain, mounts, cwd, interactive=i > 0) if image else [local, *plain[1:]])
+        images.append(image)
+    versions = [tool_version(_tool_name(argv[0])) for argv in argvs]
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    full_env = {**os.environ, **(env or {})}
+    errs = [tempfile.TemporaryFile() for _ in argvs]  # noqa: SIM115 - anonymous: gone with the last handle
+    procs: list[subprocess.Popen] = []
+    terminated: set[int] = set()
+    seen_at: dict[int, int] = {}
+    ended: dict[int, float] = {}  # when each stage's exit was first seen: its own wall time, which bounds the rest
+    rounds = 0
+    t0 = time.monotonic()
+    try:
+        upstream = None
+        for i, cmd in enumerate(cmds):
+            last = i == n - 1
+            try:
+                proc = subprocess.Popen(
+                    cmd, cwd=cwd, env=full_env,
+                    stdin=upstream if upstream is not None else subprocess.DEVNULL,
+                    stdout=errs[i] if last else subprocess.PIPE, stderr=errs[i],
+                )
+            finally:
+                if upstream is not None:
+                    upstream.close()  # the next stage holds it now: it sees EOF / SIGPIPE when its neighbour ends
+            procs.append(proc)
+            upstream = proc.stdout
+        while True:  # seen_at: stage -> the polling round its exit was first seen in
+            codes = [p.poll() for p in procs]
+            rounds += 1
+            for i, c in enumerate(codes):
+                if c is not None and i not in seen_at:
+                    seen_at[i] = rounds
+                    ended[i] = time.monotonic()
+            if all(c is not None for c in codes):
+                break
+            stopping = stop is not None and stop.is_set()
+            if stopping or any(c not in (None, 0) for c in codes):
+                for i, p in enumerate(procs):
+                    if p.poll() is None:
+                        terminated.add(i)
+                        _terminate(p)
+                continue
+            if stop is not None:
+                stop.wait(0.05)
+            else:
+                time.sleep(0.05)
+    finally:
+        for i, p in enumerate(procs):
+            if p.poll() is None:  # an error while starting the stages: leave nothing running
+                terminated.add(i)
+                _terminate(p)
+        now = time.monotonic()
+        records = [_pipeline_record(i, n, argvs[i], cmds[i], procs[i].returncode, versions[i], images[i], started,
+                                    round(ended.get(i, now) - t0, 3), errs[i], tail_lines, provenance_dir)
+                   for i in range(len(procs))]
+        tails = [_tail_of(errs[i], tail_lines) for i in range(len(procs))]
+        for fh in errs:
+            fh.close()
+    for record in records:
+        if provenance_dir is not None:
+            record_provenance(provenance_dir, record)
+        if log is not None:
+            log(summary_line(record, Path(provenance_dir) / TOOL_LOG if provenance_dir is not None else None))
+    failed = [i for i, r in enumerate(records) if r.returncode != 0]
+    if failed:
+        # The stage that failed first, not those that lost their pipe (SIGPIPE, or "Broken pipe" from tools that
+        # ignore SIGPIPE) or were terminated because of it; same polling round: the upstream one (its neighbour
+        # downstream may fail on the cut-off input).
+        culprits = [i for i in failed if i not in terminated and records[i].returncode != -signal.SIGPIPE
+                    and not any("broken pipe" in line.lower() for line in tails[i][-3:])]
+        i = min(culprits or failed, key=lambda k: (seen_at.get(k, rounds), k))
+        if log is not None:
+            for line in tails[i][-10:]:
+                log(f"[{records[i].tool}] {line}")
+        error = PipelineStopped if stop is not None and stop.is_set() else PipelineError
+        raise error(i + 1, n, records[i].tool, records[i].argv, records[i].returncode, tails[i])
+    return records
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tail_of(fh: IO[bytes], n: int) -> list[str]:
+    fh.seek(0)
+    tail: collections.deque[str] = collections.deque(maxlen=n)
+    for raw in fh:
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if line.strip():
+            tail.append(line)
+    return list(tail)
+
+
+def _pipeline_record(i, n, argv, cmd, returncode, version, image, started, seconds, err, tail_lines,
+                     provenance_dir) -> ToolRun:
+    """One stage's ToolRun; its collected output appended to tools.log as its own block."""
+    tool = _tool_name(argv[0])
+    err.seek(0, os.SEEK_END)
+    lines = 0
+    err.seek(0)
+    for _ in err:
+        lines += 1
+    log_path = log_offset = None
+    if provenance_dir is not None:
+        command = shlex.join(cmd).replace("\n", "\\n")
+        header = f"### {started} {tool} {version} exit {returncode} (pipeline stage {i + 1} of {n}): {command}\n"
+        Path(provenance_dir).mkdir(parents=True, exist_ok=True)
+        log_path, log_offset = _append_log(Path(provenance_dir) / TOOL_LOG, header, err)
+    return ToolRun(tool=tool, version=version, argv=[str(a) for a in argv], returncode=returncode, seconds=seconds,
+                   image=image, started=started, tail=_tail_of(err, tail_lines)[-5:],
+                   log=TOOL_LOG if log_path else None, log_offset=log_offset, lines=lines,
+                   pipeline={"stage": i + 1, "of": n, "mode": "pipes"})
+
+
+def _run_stages_with_files(argvs, *, cwd, env, log, provenance_dir, mounts, tail_lines, stop, work_dir
+                           ) -> list[ToolRun]:
+    """The Batch fallback of `run_pipeline`: one stage after another, a unique temp file between neighbours."""
+    from genoflows.files import temp_path
+
+    base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    n = len(argvs)
+    links = [temp_path(base / f"pipe-{i + 1}-to-{i + 2}") for i in range(n - 1)]
+    records = []
+    if log is not None:
+        log(f"[pipeline] {n} stages run one after another with files between them: a stage runs on AWS Batch")
+    try:
+        for i, argv in enumerate(argvs):
+            concrete = [str(links[i - 1]) if a is PIPE_IN else str(links[i]) if a is PIPE_OUT else a for a in argv]
+            try:
+                record = run_tool(concrete, cwd=cwd, env=env, log=log, provenance_dir=provenance_dir,
+                                  mounts=[*mounts, *links[:i]], tail_lines=tail_lines, stop=stop)
+            except ToolError as exc:
+                error = PipelineStopped if isinstance(exc, ToolStopped) else PipelineError
+                raise error(i + 1, n, exc.tool, exc.argv, exc.returncode, exc.tail) from exc
+            record.pipeline = {"stage": i + 1, "of": n, "mode": "files"}
+            records.append(record)
+            if i > 0:
+                links[i - 1].unlink(missing_ok=True)  # read: no longer needed
+    finally:
+        for link in links:
+            link.unlink(missing_ok=True)
+    return records
+
+
 def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mounts) -> ToolRun:
     """One tool call as one Batch job (genoflows.batch): same argv, outputs back in the same places."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -325,17 +579,22 @@ def _partial_log(directory: Path):
         "w", encoding="utf-8", dir=directory, prefix=f".{TOOL_LOG}.", suffix=".part", delete=False)
 
 
-def _append_log(path: Path, header: str, part: Path) -> tuple[Path, int]:
-    """Append header + the partial file as one block (a thread and a file lock: concurrent tools and processes
-    writing the same directory never interleave); returns (path, offset of the block)."""
+def _append_log(path: Path, header: str, part: Path | IO[bytes]) -> tuple[Path, int]:
+    """Append header + the partial file (a path, or an open binary file read from its start) as one block (a
+    thread and a file lock: concurrent tools and processes writing the same directory never interleave); returns
+    (path, offset of the block)."""
     with _log_lock, open(path, "ab") as out:
         fcntl.flock(out, fcntl.LOCK_EX)
         try:
             out.seek(0, os.SEEK_END)
             offset = out.tell()
             out.write(header.encode())
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out)
+            if isinstance(part, Path):
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                part.seek(0)
+                shutil.copyfileobj(part, out)
         finally:
             fcntl.flock(out, fcntl.LOCK_UN)
     return path, offset

@@ -316,3 +316,48 @@ def test_a_prepared_fasta_that_does_not_fit_its_index_is_prepared_again(world, t
     assert references.fasta_ready(remote.relpath, root) is None
     assert references.indexed_fasta(root / remote.relpath) == fasta and fasta.read_bytes() == good
     assert not [p for p in fasta.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_without_sidecars_the_release_current_tree_is_the_published_checksum(world, tmp_path):
+    """No `.md5` and no `md5sum` anywhere, but the release's current.tree lists every file with its md5. A body
+    that differs from what it lists (a stale or tampered mirror; the bytes are still a valid BED, so no content
+    check can tell) is refused and nothing is cached or pinned; the listed body is verified by the tree's md5."""
+    root = tmp_path / "refs"
+    demo_data.write_current_tree(world.mirror)
+    with FileServer(world.mirror) as server:
+        server.hide("md5")
+        server.hide("MD5")
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        served = world.mirror / spec.bed.url.removeprefix(server.base_url + "/")
+        good = served.read_bytes()
+        served.write_bytes(b"".join(good.splitlines(keepends=True)[:-1]))  # one confident region fewer
+        with pytest.raises(ChecksumMismatch, match=spec.bed.name):
+            references.bring(spec.bed, root, fetch)
+        assert not (root / spec.bed.relpath).exists() and Manifest(root).get(spec.bed.relpath) is None
+        served.write_bytes(good)
+        got = references.bring(spec.bed, root, fetch)
+    assert got.checksum.startswith("md5 from") and "current.tree" in got.checksum
+    assert (root / spec.bed.relpath).read_bytes() == good
+
+
+def test_a_current_tree_that_answers_503_fails_the_download_naming_it(world, tmp_path):
+    """Only a definite 404 means "no checksum published"; a failing tree is not skipped."""
+    demo_data.write_current_tree(world.mirror)
+    with FileServer(world.mirror) as server:
+        server.hide("md5")
+        server.hide("MD5")
+        server.add_fault("current.tree", "503", times=1)
+        spec = catalogue.small_truth(HG, "GRCh38", server.base_url)
+        with pytest.raises(TransientFetchError, match=r"current\.tree: server answered HTTP 503"):
+            references.bring(spec.bed, tmp_path / "refs", fetch)
+
+
+def test_a_tree_entry_must_match_the_whole_path_below_the_tree():
+    from genoflows.giab.checksums import md5_from_tree
+
+    tree = ["ftp/release\tdirectory\t4096\t2024-01-01\t",
+            "ftp/release/A/GRCh37/x.bed\tfile\t10\t2024-01-01\t" + "a" * 32,
+            "ftp/release/A/GRCh38/x.bed\tfile\t10\t2024-01-01\t" + "B" * 32]
+    assert md5_from_tree(tree, "A/GRCh38/x.bed") == "b" * 32
+    assert md5_from_tree(tree, "release/A/GRCh37/x.bed") == "a" * 32
+    assert md5_from_tree(tree, "x.bed") is None and md5_from_tree(tree, "GRCh38/y.bed") is None

@@ -171,3 +171,202 @@ def test_stop_terminates_a_running_tool(tmp_path):
         run_tool(["sleep", "60"], stop=stop, provenance_dir=tmp_path)
     assert time.monotonic() - t0 < 5
     assert read_provenance(tmp_path)[0]["returncode"] < 0  # ended by a signal, and recorded
+
+
+# --- run_pipeline: argv lists connected by OS pipes --------------------------------------------------------------
+
+
+def _small_vcf(path, n=400):
+    """A VCF whose normalisation has work to do: multi-allelic records and MNPs, on a random reference."""
+    import random
+
+    import pysam
+
+    rng = random.Random(5)
+    seq = "".join(rng.choice("ACGT") for _ in range(20_000))
+    fasta = path.parent / "ref.fa"
+    fasta.write_text(">chr1\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n")
+    pysam.faidx(str(fasta))
+    header = pysam.VariantHeader()
+    header.contigs.add("chr1", length=len(seq))
+    header.add_sample("S")
+    header.formats.add("GT", 1, "String", "Genotype")
+    with pysam.VariantFile(str(path), "wz", header=header) as out:
+        for i in range(n):
+            pos = 100 + 40 * i
+            ref = seq[pos - 1:pos + 1] if i % 3 == 0 else seq[pos - 1]
+            alts = ["".join(rng.choice([b for b in "ACGT" if b != r]) for r in ref)]
+            if i % 4 == 0:
+                alts.append(ref + "T")  # an insertion beside the SNP/MNP
+            rec = out.new_record(contig="chr1", start=pos - 1, alleles=(ref, *alts))
+            rec.samples["S"]["GT"] = (1, 2) if len(alts) > 1 else (0, 1)
+            out.write(rec)
+    return path, fasta
+
+
+def test_a_pipeline_writes_what_its_steps_write_one_after_another(tmp_path):
+    """norm | norm -a | sort through pipes == the same three steps with files between them; every stage's
+    output in tools.log as its own block; nothing but the output and the logs left behind."""
+    import pysam
+
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, run_pipeline
+    from genoflows.tools import bcftools
+
+    vcf, ref = _small_vcf(tmp_path / "in.vcf.gz")
+    a, b, seq_out = tmp_path / "a.bcf", tmp_path / "b.bcf", tmp_path / "seq.bcf"
+    run_tool(bcftools.norm_argv(vcf, a, ref))
+    run_tool(bcftools.atomize_argv(a, b, ref))
+    run_tool(bcftools.sort_argv(b, seq_out, tmp_path))
+    out_dir = tmp_path / "piped"
+    out_dir.mkdir()
+    seen: list[str] = []
+    records = run_pipeline([
+        bcftools.norm_argv(vcf, PIPE_OUT, ref, output_type="u"),
+        bcftools.atomize_argv(PIPE_IN, PIPE_OUT, ref, output_type="u"),
+        bcftools.sort_argv(PIPE_IN, out_dir / "piped.bcf", out_dir, output_type="b"),
+    ], provenance_dir=out_dir, log=seen.append)
+    piped = [str(r) for r in pysam.VariantFile(str(out_dir / "piped.bcf"))]
+    assert piped == [str(r) for r in pysam.VariantFile(str(seq_out))] and len(piped) > 500  # split + atomized
+    assert [r.pipeline["stage"] for r in records] == [1, 2, 3] and all(r.returncode == 0 for r in records)
+    assert len(seen) == 3 and all(" ok in " in line for line in seen)
+    log = (out_dir / "tools.log").read_text()
+    assert log.count("### ") == 3 and "(pipeline stage 3 of 3)" in log and "Lines   total/split/" in log
+    assert sorted(p.name for p in out_dir.iterdir()) == ["piped.bcf", "provenance.jsonl", "tools.log"]
+    assert [r["pipeline"]["stage"] for r in read_provenance(out_dir)] == [1, 2, 3]
+
+
+def test_a_failing_stage_is_named_even_when_the_stages_after_it_exit_0(tmp_path):
+    """The first stage dies half-way; the reader downstream sees an early EOF and exits 0 with a cut-off output.
+    The pipeline must fail, naming stage 1 and its exit status, not pass the truncated output on."""
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, PipelineError, run_pipeline
+
+    writer = "import sys\nfor i in range(1000): print(i)\nsys.stdout.flush()\nprint('disk full', file=sys.stderr)\nsys.exit(7)"
+    out = tmp_path / "out.txt"
+    with pytest.raises(PipelineError) as err:
+        run_pipeline([[sys.executable, "-c", writer, PIPE_OUT], [sys.executable, "-c", REVERSE, PIPE_IN, str(out)]],
+                     provenance_dir=tmp_path)
+    assert err.value.stage == 1 and err.value.returncode == 7
+    assert str(err.value).startswith("pipeline stage 1 of 2 (python") and "exited with code 7" in str(err.value)
+    assert "disk full" in str(err.value)
+    codes = [r["returncode"] for r in read_provenance(tmp_path)]
+    assert codes[0] == 7 and codes[1] in (0, -15)  # the reader finished on the cut-off input, or was terminated
+
+
+def test_a_failing_middle_stage_is_blamed_not_the_stage_that_lost_its_pipe(tmp_path):
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, PipelineError, run_pipeline
+
+    endless = "import sys\nwhile True: sys.stdout.write('x' * 65536)"
+    picky = "import sys\nsys.stdin.read(10)\nprint('bad record at line 1', file=sys.stderr)\nsys.exit(3)"
+    with pytest.raises(PipelineError) as err:
+        run_pipeline([[sys.executable, "-c", endless, PIPE_OUT], [sys.executable, "-c", picky, PIPE_IN, PIPE_OUT],
+                      ["cat", PIPE_IN]], provenance_dir=tmp_path)
+    assert err.value.stage == 2 and err.value.returncode == 3 and "bad record at line 1" in str(err.value)
+    codes = [r["returncode"] for r in read_provenance(tmp_path)]
+    assert codes[1] == 3 and codes[0] != 0  # the writer lost its reader: recorded, not blamed
+
+
+def test_pipeline_stages_must_say_where_the_pipe_is(tmp_path):
+    from genoflows.toolrun import PIPE_OUT, run_pipeline
+
+    with pytest.raises(ValueError, match="PIPE_IN"):
+        run_pipeline([["echo", "a", PIPE_OUT], ["cat"]])
+
+
+# A stage as scripts: "-" means the pipe (stdin/stdout), anything else a file, as tools such as bcftools read it.
+WRITE_LINES = ("import sys\nout = sys.stdout if sys.argv[1] == '-' else open(sys.argv[1], 'w')\n"
+               "out.write(''.join(f'{i}\\n' for i in range(5000)))\n")
+REVERSE = ("import sys\nsrc = sys.stdin if sys.argv[1] == '-' else open(sys.argv[1])\n"
+           "lines = src.readlines()\nopen(sys.argv[2], 'w').write(''.join(reversed(lines)))\n"
+           "print('reversed', len(lines), file=sys.stderr)\n")
+
+
+def test_each_stage_runs_in_its_own_container_connected_by_pipes(engine, monkeypatch, tmp_path):
+    """A stand-in engine on PATH records its argv and runs the tool: the reading stage gets `-i`, data flows."""
+    import stat
+
+    from genoflows.settings import get_settings
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, run_pipeline
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bindir / "podman"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys\nopen({str(calls)!r}, 'a').write(repr(sys.argv[1:]) + '\\n')\n"
+                    "args = sys.argv[1:]\nos.execvp(args[args.index('busybox-image:1') + 1], "
+                    "args[args.index('busybox-image:1') + 1:])\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", json.dumps({os.path.basename(sys.executable): "busybox-image:1"}))
+    engine("podman")
+    out = tmp_path / "work" / "reversed.txt"
+    out.parent.mkdir()
+    try:
+        records = run_pipeline([[sys.executable, "-c", WRITE_LINES, PIPE_OUT],
+                                [sys.executable, "-c", REVERSE, PIPE_IN, str(out)]],
+                               cwd=out.parent, provenance_dir=tmp_path)
+    finally:
+        get_settings.cache_clear()
+    assert out.read_text().splitlines()[:2] == ["4999", "4998"] and len(out.read_text().splitlines()) == 5000
+    import ast
+
+    argvs = [ast.literal_eval(line) for line in calls.read_text().splitlines()]  # in the order they started
+    writer, reader = sorted(argvs, key=lambda a: REVERSE in a)
+    assert len(argvs) == 2 and all(a[:2] == ["run", "--rm"] for a in argvs) and WRITE_LINES in writer
+    assert "-i" not in writer and "-i" in reader  # only the reading stage keeps its stdin
+    assert all(["--network", "none"] == a[a.index("--network"):a.index("--network") + 2] for a in argvs)
+    assert all(r.image == "busybox-image:1" for r in records)
+    assert "reversed 5000" in (tmp_path / "tools.log").read_text()
+
+
+def test_with_a_batch_stage_the_pipeline_runs_step_by_step_through_files(batch_env, tmp_path):
+    """A Batch job has no pipe to its neighbours: the stages run one after another (bcftools as Batch jobs),
+    a unique temp file between them, removed afterwards; the result is the piped one."""
+    import pysam
+
+    from genoflows.batch import use_batch
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, run_pipeline
+    from genoflows.tools import bcftools
+    from tests.test_batch import make_runner
+
+    endpoint, bucket, agent = batch_env
+    (tmp_path / "in").mkdir()
+    vcf, ref = _small_vcf(tmp_path / "in" / "in.vcf.gz", n=60)
+    piped = tmp_path / "piped.bcf"
+    stages = lambda out, work: [bcftools.norm_argv(vcf, PIPE_OUT, ref, output_type="u"),  # noqa: E731
+                                bcftools.sort_argv(PIPE_IN, out, work, output_type="b")]
+    run_pipeline(stages(piped, tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    lines: list[str] = []
+    with use_batch(make_runner(endpoint, bucket)):
+        records = run_pipeline(stages(work / "batch.bcf", work), work_dir=work, log=lines.append,
+                               provenance_dir=tmp_path / "prov")
+    assert len(agent.submitted) == 2 and all(r.executor and r.executor["batch_job_id"] for r in records)
+    assert [r.pipeline for r in records] == [{"stage": 1, "of": 2, "mode": "files"}, {"stage": 2, "of": 2, "mode": "files"}]
+    assert [str(r) for r in pysam.VariantFile(str(work / "batch.bcf"))] == [str(r) for r in pysam.VariantFile(str(piped))]
+    assert sorted(p.name for p in work.iterdir()) == ["batch.bcf"]  # the file between the stages is gone
+    assert any("one after another" in line for line in lines)
+
+
+@pytest.fixture
+def batch_env(moto_endpoint, monkeypatch):
+    from tests.test_batch import batch_env as make_env
+
+    yield from make_env.__wrapped__(moto_endpoint, monkeypatch)
+
+
+def test_stop_terminates_every_stage_of_a_pipeline(tmp_path):
+    import threading
+    import time
+
+    from genoflows.toolrun import PIPE_IN, PIPE_OUT, PipelineStopped, run_pipeline
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    slow = "import sys, time\ntime.sleep(60)"
+    t0 = time.monotonic()
+    with pytest.raises(PipelineStopped):
+        run_pipeline([[sys.executable, "-c", slow, PIPE_OUT], [sys.executable, "-c", slow, PIPE_IN]], stop=stop,
+                     provenance_dir=tmp_path)
+    assert time.monotonic() - t0 < 15
+    assert all(r["returncode"] < 0 for r in read_provenance(tmp_path))  # both ended by a signal, and recorded

@@ -14,7 +14,8 @@ mirror, a lab mirror or the test server):
 - reference FASTA per build: `settings.reference_fasta_urls`.
 
 Checksums: NCBI publishes md5 files inconsistently, so each file carries a list of places an
-md5 may be found; `checksum_sources` documents the names tried, in order.
+md5 may be found; `checksum_sources` documents the names tried, in order, and for files of the release tree the
+release's `current.tree` manifest comes last (`tree_sources`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
+from genoflows.giab.checksums import TREE_NAME
 from genoflows.giab.samples import genome, known_samples
 
 BUILDS = ("GRCh38", "GRCh37")
@@ -66,9 +68,20 @@ def checksum_sources(url: str, extra_names: tuple[str, ...] = ()) -> tuple[str, 
     return (f"{url}.md5", *(f"{parent}/{n}" for n in names))
 
 
+def tree_sources(base_url: str) -> tuple[str, ...]:
+    """Where a GIAB-layout mirror may publish `current.tree` (every file with its md5): at the top of the FTP,
+    the directory holding `release/` (GIAB's own layout), then inside the release tree itself (a mirror of
+    `release/` alone)."""
+    base = base_url.rstrip("/")
+    path = urlparse(base).path.rstrip("/")
+    top = [f"{base.rsplit('/', 1)[0]}/{TREE_NAME}"] if path and path != "/" else []
+    return (*top, f"{base}/{TREE_NAME}")
+
+
 def _giab_file(base_url: str, relpath: str, extra_md5: tuple[str, ...] = ()) -> RemoteFile:
     url = f"{base_url.rstrip('/')}/{relpath}"
-    return RemoteFile(url=url, relpath=f"giab/{relpath}", md5_sources=checksum_sources(url, extra_md5))
+    return RemoteFile(url=url, relpath=f"giab/{relpath}",
+                      md5_sources=(*checksum_sources(url, extra_md5), *tree_sources(base_url)))
 
 
 def _check_build(build: str) -> None:

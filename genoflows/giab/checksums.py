@@ -2,7 +2,7 @@
 
 GIAB publishes md5s inconsistently (a `<file>.md5` sidecar for some files, a per-directory `md5sum` listing
 for others, none for many; docs/fetch.md), so verification is layered: an md5 published next to the
-file when one can be found, otherwise the sha256 we pinned the first time the file was downloaded (kept in
+file when one can be found, else the md5 listed for it in the release's `current.tree` manifest, otherwise the sha256 we pinned the first time the file was downloaded (kept in
 `<reference_dir>/giab-manifest.json`), so every later download - another machine, a deleted cache - is checked
 against the bytes the first run accepted.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,42 @@ def md5_for(listing: str, filename: str, listing_name: str) -> str | None:
         if name.strip().rsplit("/", 1)[-1] == filename:
             return digest.lower()
     return None
+
+
+TREE_NAME = "current.tree"
+
+
+def md5_from_tree(lines: Iterable[str], relpath: str) -> str | None:
+    """The md5 of the file at `relpath` (relative to the tree's own directory) in a GIAB `current.tree`.
+
+    GIAB's FTP top holds `current.tree`, which "describes all the files and their md5sums" (README.ftp_structure):
+    one line per entry, tab-separated, the path first and, for a file, its md5 among the later columns (the
+    1000 Genomes layout it follows: path, type, size, date, md5). A tree copied from the top of the FTP names
+    files with a longer prefix (`ftp/release/...`) than the mirror serving it, so an entry matches when it is
+    `relpath` or ends with `/<relpath>`: the whole path below the tree's directory must agree, never just the
+    file name (GRCh37 and GRCh38 folders hold files with the same names elsewhere); an exact path wins, and when
+    several longer entries end with `relpath` and disagree there is no answer. Directory entries are skipped.
+    """
+    want = relpath.strip("/")
+    exact, by_suffix = None, set()
+    for line in lines:
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) < 2 or fields[1].strip() in ("directory", "dir", "d"):
+            continue
+        path = fields[0].strip()
+        path = path[2:] if path.startswith("./") else path
+        if path != want and not path.endswith(f"/{want}"):
+            continue
+        hashes = [f.strip().lower() for f in fields[1:] if _BARE_MD5.match(f)]
+        if not hashes:
+            continue
+        if path == want:
+            exact = hashes[-1]
+        else:
+            by_suffix.add(hashes[-1])
+    if exact is not None:
+        return exact
+    return by_suffix.pop() if len(by_suffix) == 1 else None  # two files that end the same way: no answer
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pysam
 
+from genoflows.files import atomic_output, temp_path
 from genoflows.giab.contigs import ContigMismatch, bed_contigs, fasta_contigs, rename_plan, vcf_contigs
 from genoflows.giab.match import (
     FILTERS,
@@ -150,8 +151,7 @@ def compare_small(
         )
     counts: dict[tuple[str, str], Counts] = defaultdict(Counts)
     details_path = out_dir / "fp_fn.tsv"
-    details_tmp = out_dir / ".fp_fn.tsv.tmp"
-    dumps = {side: work / f".{side}.calls.tsv" for side in ("truth", "query")}
+    dumps = {side: temp_path(work / f"{side}.calls.tsv") for side in ("truth", "query")}  # unique, removed below
     try:
         # Both sides' fields at once (two bcftools processes, one per core), then one contig at a time.
         with ThreadPoolExecutor(2) as pool:
@@ -163,7 +163,7 @@ def compare_small(
         alleles = Alleles()
         readers = {side: ContigReader(iter_contigs(dumps[side], alleles), lambda: alleles.table()["small"])
                    for side in dumps}
-        with open(details_tmp, "w") as details:
+        with atomic_output(details_path) as details_tmp, open(details_tmp, "w") as details:
             details.write(details_header())
             for chrom in contigs_in_order(set(truth_contigs) | set(query_contigs), ref_contigs):
                 truth = readers["truth"].get(chrom) if chrom in truth_contigs else empty_calls()
@@ -171,9 +171,7 @@ def compare_small(
                 # hap.py uses only PASS (or `.`) truth records unless --usefiltered-truth: a FILTERed truth record
                 # is not part of the benchmark, neither as a truth variant nor as a local match for FP.al.
                 count_contig(chrom, truth.take(truth.passed), query, regions, counts, alleles, alleles.table(), details)
-        details_tmp.replace(details_path)
     finally:
-        details_tmp.unlink(missing_ok=True)
         for dump in dumps.values():
             dump.unlink(missing_ok=True)
     phases["match and count"] = time.monotonic() - t0

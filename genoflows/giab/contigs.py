@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pysam
 
+from genoflows.files import temp_path
 from genoflows.toolrun import run_tool
 from genoflows.tools import bcftools
 
@@ -186,6 +187,22 @@ def _describe(mapping: dict[str, str]) -> str:
     return ", ".join(pairs) + more
 
 
+def vcf_rename_plan(vcf: Path, reference_contigs: list[str], *, label: str) -> dict[str, str]:
+    """{vcf contig: reference contig} for the contigs named differently (empty: nothing to rename).
+
+    Raises ContigMismatch naming the file and the contigs when some have no counterpart in the reference.
+    """
+    mapping, missing = rename_plan(vcf_contigs(vcf), reference_contigs)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise ContigMismatch(
+            f"{label} {vcf} has records on contigs that are not in the reference ({shown}); reference contigs "
+            f"start {', '.join(reference_contigs[:5])}. Check that the {label} was called on the same genome "
+            f"build as the reference, or remove those contigs (bcftools view -t ^{missing[0]})."
+        )
+    return mapping
+
+
 def harmonise_vcf(
     vcf: Path,
     reference_contigs: list[str],
@@ -199,15 +216,7 @@ def harmonise_vcf(
 
     Raises ContigMismatch naming the file and the contigs when some have no counterpart in the reference.
     """
-    contigs = vcf_contigs(vcf)
-    mapping, missing = rename_plan(contigs, reference_contigs)
-    if missing:
-        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
-        raise ContigMismatch(
-            f"{label} {vcf} has records on contigs that are not in the reference ({shown}); reference contigs "
-            f"start {', '.join(reference_contigs[:5])}. Check that the {label} was called on the same genome "
-            f"build as the reference, or remove those contigs (bcftools view -t ^{missing[0]})."
-        )
+    mapping = vcf_rename_plan(vcf, reference_contigs, label=label)
     if not mapping:
         return vcf
     if log:
@@ -216,11 +225,15 @@ def harmonise_vcf(
     map_file = work_dir / f"{label}.rename-chrs.txt"
     map_file.write_text("".join(f"{old}\t{new}\n" for old, new in mapping.items()))
     out = work_dir / f"{label}.renamed.vcf.gz"
-    tmp = work_dir / f".{label}.renamed.tmp.vcf.gz"
-    run_tool(bcftools.rename_chrs_argv(vcf, tmp, map_file), log=log, provenance_dir=provenance_dir)
-    run_tool(bcftools.index_argv(tmp), log=log, provenance_dir=provenance_dir)
-    Path(f"{tmp}.tbi").replace(f"{out}.tbi")
-    tmp.replace(out)
+    tmp = temp_path(out)  # unique: nothing a concurrent or killed writer leaves can be taken for the copy
+    try:
+        run_tool(bcftools.rename_chrs_argv(vcf, tmp, map_file), log=log, provenance_dir=provenance_dir)
+        run_tool(bcftools.index_argv(tmp), log=log, provenance_dir=provenance_dir)
+        tmp.replace(out)
+        Path(f"{tmp}.tbi").replace(f"{out}.tbi")
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.tbi").unlink(missing_ok=True)
     return out
 
 

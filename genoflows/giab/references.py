@@ -5,8 +5,9 @@ retry policy, tests and scripts can pass `genoflows.fetch.fetch`. Every download
 goes through it, so one retry policy covers all of them. What lives here is the policy around it:
 - a file already in the cache is re-checked (`genoflows.fetch.check_cached`: its pinned size and sha256, the
   start and end of its content); one that fails is discarded and fetched again (a miss), never trusted;
-- otherwise a published md5 is looked up (`catalogue.checksum_sources`, first hit wins): only a definite 404
-  means "not published there"; a sidecar that keeps failing fails the download, naming the sidecar;
+- otherwise a published md5 is looked up (`catalogue.checksum_sources`, then the release's `current.tree`;
+  first hit wins): only a definite 404 means "not published there"; a sidecar or tree that keeps failing fails
+  the download, naming it;
 - the sha256 pinned by an earlier download is reused, and the download is verified against both and against
   its content (`genoflows.verify`) before it is kept;
 - a fresh download is pinned (sha256 + size) in `<reference_dir>/giab-manifest.json` only after it passed;
@@ -38,7 +39,7 @@ from genoflows.fetch import (
 )
 from genoflows.files import atomic_output
 from genoflows.giab.catalogue import RemoteFile, TruthFiles
-from genoflows.giab.checksums import Manifest, md5_for
+from genoflows.giab.checksums import TREE_NAME, Manifest, md5_for, md5_from_tree
 from genoflows.giab.query import build_tbi
 
 Log = Callable[[str], None]
@@ -78,13 +79,26 @@ def find_published_md5(remote: RemoteFile, fetcher: Fetcher, workdir: Path) -> t
                 try:  # a folder per listing keeps its real name (the task run is named after it)
                     name = PurePosixPath(urlparse(url).path).name or "checksums"
                     got = fetcher(url, Path(tmp) / str(i) / name, kind="checksum", missing_ok=True)
-                    memo[url] = got.path.read_text(errors="replace")[:1_000_000] if got is not None else None
+                    # A listing is short; a release's current.tree lists every file of the FTP: read it whole.
+                    limit = None if name == TREE_NAME else 1_000_000
+                    memo[url] = got.path.read_text(errors="replace")[:limit] if got is not None else None
                 except NotFound:
                     memo[url] = None
             text = memo[url]
-            if text and (md5 := md5_for(text, remote.name, url)):
+            if text and (md5 := _md5_in(text, url, remote)):
                 return md5, url
     return None, None
+
+
+def _md5_in(text: str, source_url: str, remote: RemoteFile) -> str | None:
+    """The md5 of `remote` in the listing fetched from `source_url`: a `current.tree` by the file's path below the
+    tree's directory, any other listing by file name (`md5_for`)."""
+    if PurePosixPath(urlparse(source_url).path).name != TREE_NAME:
+        return md5_for(text, remote.name, source_url)
+    tree_dir = source_url.rsplit("/", 1)[0] + "/"
+    if not remote.url.startswith(tree_dir):
+        return None
+    return md5_from_tree(text.splitlines(), urlparse(remote.url[len(tree_dir):]).path)
 
 
 def bring(remote: RemoteFile, root: Path, fetcher: Fetcher, *, log: Log | None = None, kind: str | None = None) -> Brought:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from genoflows.files import temp_path
 from genoflows.giab import compare
 from genoflows.giab.contigs import check_same_build, harmonise_inputs
 from genoflows.giab.query import check_vcf_file
@@ -104,19 +105,22 @@ def run_happy(
         truth_vcf, query_vcf, confident_bed, reference, label="", work_dir=work, log=log,
         provenance_dir=provenance_dir,
     )
-    tmp = out_dir / ".happy.tmp"
     final = out_dir / "happy"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(final)  # unique: a concurrent or earlier writer's directory is never reused or removed
     tmp.mkdir(parents=True)
-    argv = happy.happy_argv(
-        truth_vcf, query_vcf, reference, confident_bed, tmp / "happy", threads=threads or min(4, os.cpu_count() or 1)
-    )
-    mounts = [Path(p).resolve().parent for p in (truth_vcf, query_vcf, reference, *( [confident_bed] if confident_bed else []))]
-    run_tool(argv, cwd=tmp, log=log, provenance_dir=provenance_dir, mounts=[*mounts, tmp.resolve()])
-    if not happy.summary_path(tmp / "happy").exists():
-        raise happy.SummaryFormatError(f"hap.py finished but wrote no {tmp / 'happy.summary.csv'}; see its log above")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        argv = happy.happy_argv(
+            truth_vcf, query_vcf, reference, confident_bed, tmp / "happy", threads=threads or min(4, os.cpu_count() or 1)
+        )
+        mounts = [Path(p).resolve().parent
+                  for p in (truth_vcf, query_vcf, reference, *([confident_bed] if confident_bed else []))]
+        run_tool(argv, cwd=tmp, log=log, provenance_dir=provenance_dir, mounts=[*mounts, tmp.resolve()])
+        if not happy.summary_path(tmp / "happy").exists():
+            raise happy.SummaryFormatError(f"hap.py finished but wrote no {final / 'happy.summary.csv'}; see its log above")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = happy.summary_path(final / "happy")
     return SmallOutcome("happy", summary, happy.parse_summary(summary), happy.output_paths(final / "happy"))
 

@@ -538,6 +538,20 @@ def _write_md5sums(directory: Path) -> None:
     (directory / "md5sum").write_text(listing)
 
 
+def write_current_tree(mirror: Path, prefix: str = "ftp/release") -> Path:
+    """A `current.tree` at the top of `mirror` listing every file with its md5, as GIAB's FTP publishes one at its
+    top (path, type, size, date, md5; tab-separated). The paths carry `prefix`, as a tree copied from the FTP's
+    top does, so a reader must match the whole path below the tree, not the name alone."""
+    lines = []
+    for p in sorted(x for x in Path(mirror).rglob("*") if x.is_file() and x.name != "current.tree"):
+        rel = p.relative_to(mirror).as_posix()
+        lines.append(f"{prefix}/{rel}\tfile\t{p.stat().st_size}\t2024-01-01 00:00:00\t"
+                     f"{hashlib.md5(p.read_bytes()).hexdigest()}\n")
+    tree = Path(mirror) / "current.tree"
+    tree.write_text(f"{prefix}\tdirectory\t4096\t2024-01-01 00:00:00\t\n" + "".join(lines))
+    return tree
+
+
 def build_world(root: Path, *, seed: int = 7, builds: tuple[str, ...] = ("GRCh38", "GRCh37"),
                 samples: dict[str, str] | None = None, lab_build: str = "GRCh38") -> DemoWorld:
     """Write the mirror (`<root>/mirror`, a GIAB release tree) and the lab directory (`<root>/lab`).
