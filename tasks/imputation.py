@@ -296,8 +296,18 @@ def wes_client(server: ImputationServer):
     return WesClient(server.base_url, server.token, timeout=get_settings().http_timeout_seconds)
 
 
-def _location(path_or_uri: str) -> str:
-    return path_or_uri if "://" in path_or_uri else Path(path_or_uri).resolve().as_uri()
+def _wes_input(path_or_uri: str, attachments: dict, secondary: tuple[str, ...] = ()) -> dict:
+    """A CWL File for a WES run: s3:// and http(s):// pass as URLs the service fetches; a local file is sent as
+    a `workflow_attachment` (with its index) and named relative to the run's attachment directory, because a
+    remote service cannot read this machine's paths."""
+    if "://" in path_or_uri:
+        return {"class": "File", "location": path_or_uri}
+    path = Path(path_or_uri)
+    name = f"inputs/{path.name}"
+    attachments[name] = path
+    for ext in secondary:
+        attachments[name + ext] = Path(str(path) + ext)
+    return {"class": "File", "location": name}
 
 
 @task
@@ -328,15 +338,13 @@ def submit_wes_runs(
                 panel = refpanel.replace("{chrom}", n)
                 if "://" not in panel and not panel.endswith(".msav"):
                     panel = str(local.compressed_panel(Path(panel), get_settings().cache_dir))
+                workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
+                attachments: dict = {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else {}
                 params = {
-                    "reference": {"class": "File", "location": _location(panel)},
-                    "target": {"class": "File", "location": _location(str(s.path))},
+                    "reference": _wes_input(panel, attachments),
+                    "target": _wes_input(str(s.path), attachments, secondary=(".tbi",)),
                     "chrom": n,
                 }
-                workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
-                attachments = (
-                    {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else None
-                )
                 run_id = client.submit(
                     workflow_url,
                     params,
