@@ -339,7 +339,9 @@ def submit_wes_runs(
                 if "://" not in panel and not panel.endswith(".msav"):
                     panel = str(local.compressed_panel(Path(panel), get_settings().cache_dir))
                 workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
-                attachments: dict = {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else {}
+                attachments: dict = (
+                    {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else {}
+                )
                 params = {
                     "reference": _wes_input(panel, attachments),
                     "target": _wes_input(str(s.path), attachments, secondary=(".tbi",)),

@@ -39,7 +39,9 @@ def _block(wes: WesServer, token: str) -> str:
     return name
 
 
-def test_wes_reference_server_runs_minimac4_once(prefect_harness, wes, imp_cohort, imp_fast, tmp_path, caplog):
+def test_wes_reference_server_runs_minimac4_once(
+    prefect_harness, wes, imp_cohort, imp_fast, tmp_path, caplog
+):
     imp_token = TOKENS["good"]
     with WesClient(wes.base_url, imp_token) as c:
         info = c.service_info()
@@ -56,7 +58,9 @@ def test_wes_reference_server_runs_minimac4_once(prefect_harness, wes, imp_cohor
     kw = dict(inputs=[str(study)], service=name, refpanel=panel, out_dir=str(out))
     manifest = Path(impute(**kw))
     doc = json.loads(manifest.read_text())
-    assert {"chr20.dose.vcf.gz", "chr20.dose.vcf.gz.tbi", "chr20.info.gz"} <= {f["file"] for f in doc["files"]}
+    assert {"chr20.dose.vcf.gz", "chr20.dose.vcf.gz.tbi", "chr20.info.gz"} <= {
+        f["file"] for f in doc["files"]
+    }
     with pysam.VariantFile(str(manifest.parent / "chr20.dose.vcf.gz")) as vf:
         assert "DS" in vf.header.formats and len(vf.header.samples) == 40
     with WesClient(wes.base_url, imp_token) as c:
@@ -90,7 +94,9 @@ def test_wes_refused_token_stops_without_retry(
     name = _block(wes, token)
     before = len(wes.proxy.statuses)
     with pytest.raises(Exception) as err:
-        impute(inputs=[str(imp_cohort.study["21"])], service=name, refpanel="unused", out_dir=str(tmp_path / "o"))
+        impute(
+            inputs=[str(imp_cohort.study["21"])], service=name, refpanel="unused", out_dir=str(tmp_path / "o")
+        )
     text = str(err.value)
     assert f"HTTP {code}" in text and "bearer token was refused" in text and "Not retried" in text
     assert wes.proxy.statuses[before:] == [code]  # one request, refused, never repeated
