@@ -57,6 +57,7 @@ def _on_cancellation(flow, flow_run, state) -> None:
         state_name = t.cancel_remote.fn(server, record.job_id)
     record.note_state(state_name, "cancelled with the Prefect flow run")
     save_record(staging / record.job_name, record)
+    t.release_account_slot(staging / record.job_name)  # the job is no longer active on the account
     t.emit_state("canceled", record, server.base_url, reason="flow run cancelled")
 
 
@@ -157,10 +158,18 @@ def impute(
         files, meta = _run_local(summaries, refpanel, job_dir, r2_filter, phasing)
     elif server.kind == "cloudgene":
         files, meta = _run_cloudgene(
-            server, job_dir, [s.path for s in summaries], params, resubmit, password_secret, aes_encryption
+            server,
+            service,
+            job_dir,
+            [s.path for s in summaries],
+            params,
+            resubmit,
+            password_secret,
+            aes_encryption,
         )
     else:
-        files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
+        with t.account_slot(service, server.max_concurrent_jobs, job_dir):
+            files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
     record = load_record(job_dir)
     manifest = t.publish_outputs(
         job_dir,
@@ -180,16 +189,20 @@ def impute(
     return manifest
 
 
-def _run_cloudgene(server, job_dir, files, params, resubmit, password_secret, aes) -> tuple[list[Path], dict]:
+def _run_cloudgene(
+    server, block_name, job_dir, files, params, resubmit, password_secret, aes
+) -> tuple[list[Path], dict]:
     retry = transient_retry_options(PermanentImputationError)
     password = t.results_password(password_secret)
-    record = t.submit_job.with_options(**retry)(
-        server, job_dir, files, {**params, "password": password}, resubmit
-    )
     downloaded = None if resubmit else remote.finished_downloads(load_record(job_dir), job_dir / "downloads")
     if downloaded is None:
-        job = t.wait_for_job.with_options(**retry)(server, job_dir)
-        downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
+        # One account slot from submit (or resume) until the results are downloaded.
+        with t.account_slot(block_name, server.max_concurrent_jobs, job_dir):
+            t.submit_job.with_options(**retry)(
+                server, job_dir, files, {**params, "password": password}, resubmit
+            )
+            job = t.wait_for_job.with_options(**retry)(server, job_dir)
+            downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
     files = t.unpack_results(downloaded, job_dir, password, aes)
     record = load_record(job_dir)
     return files, {"job_id": record.job_id, "tool_versions": {"server_application": record.application}}
