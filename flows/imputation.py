@@ -17,6 +17,7 @@ from typing import Literal
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.aws_batch import AwsBatch, batch_for
 from blocks.imputation_server import ImputationServer
 from genoflows.fetch import PermanentFetchError
 from genoflows.imputation import outputs, remote
@@ -100,6 +101,7 @@ def impute(
     resubmit: bool = False,
     aes_encryption: bool = False,
     reference_fasta: str | None = None,
+    batch: AwsBatch | None = None,
 ) -> str:
     """Impute genotype VCFs on a server, a WES service or this machine; returns the manifest's path or URI.
 
@@ -119,74 +121,79 @@ def impute(
         resubmit: Submit again even though a job for the same inputs and parameters exists.
         aes_encryption: Ask the server for AES-256 zips instead of ZipCrypto.
         reference_fasta: Optional reference FASTA (indexed): REF alleles are checked against it before submission.
+        batch: An AWS Batch block: the tools it lists (e.g. minimac4, shapeit4) run as Batch jobs, one per
+            chromosome, their files moving through its S3 staging prefix. Empty: every tool runs here.
     """
-    settings = get_settings()
-    staging = outputs.staging_dir(out_dir, settings.data_dir)
-    stage = t.stage_input.with_options(
-        **transient_retry_options(PermanentImputationError, PermanentFetchError)
-    )
-    staged = [stage(u, staging) for u in inputs]
-    summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
-    params = {
-        "refpanel": refpanel,
-        "build": build,
-        "phasing": phasing,
-        "population": population,
-        "r2Filter": str(r2_filter if r2_filter else 0),
-        "mode": mode,
-    }
-    if aes_encryption:
-        params["aesEncryption"] = "yes"
-    server = None if service == "local" else _load_server(service)
-    if server is not None and server.kind == "cloudgene" and r2_filter not in SERVER_R2_FILTERS:
-        raise InputValidationError(
-            f"r2_filter={r2_filter}: Cloudgene servers accept only {sorted(SERVER_R2_FILTERS)}"
+    with batch_for(batch):  # the tools the block lists (e.g. minimac4) run as AWS Batch jobs
+        settings = get_settings()
+        staging = outputs.staging_dir(out_dir, settings.data_dir)
+        stage = t.stage_input.with_options(
+            **transient_retry_options(PermanentImputationError, PermanentFetchError)
         )
-    server_id = "local" if server is None else f"{server.kind}:{server.base_url.rstrip('/')}:{server.app_id}"
-    checksums = {Path(p).name: remote.sha256_of(Path(p)) for p in staged}
-    key = submission_key(checksums, params, server_id)
-    job_name = job_name_for(key)
-    job_dir = staging / job_name
-    record = load_record(job_dir) or JobRecord(
-        key=key, job_name=job_name, service=service, server=server_id, params=params, inputs=checksums
-    )
-    save_record(job_dir, record)
-    from prefect.runtime import flow_run
+        staged = [stage(u, staging) for u in inputs]
+        summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
+        params = {
+            "refpanel": refpanel,
+            "build": build,
+            "phasing": phasing,
+            "population": population,
+            "r2Filter": str(r2_filter if r2_filter else 0),
+            "mode": mode,
+        }
+        if aes_encryption:
+            params["aesEncryption"] = "yes"
+        server = None if service == "local" else _load_server(service)
+        if server is not None and server.kind == "cloudgene" and r2_filter not in SERVER_R2_FILTERS:
+            raise InputValidationError(
+                f"r2_filter={r2_filter}: Cloudgene servers accept only {sorted(SERVER_R2_FILTERS)}"
+            )
+        server_id = (
+            "local" if server is None else f"{server.kind}:{server.base_url.rstrip('/')}:{server.app_id}"
+        )
+        checksums = {Path(p).name: remote.sha256_of(Path(p)) for p in staged}
+        key = submission_key(checksums, params, server_id)
+        job_name = job_name_for(key)
+        job_dir = staging / job_name
+        record = load_record(job_dir) or JobRecord(
+            key=key, job_name=job_name, service=service, server=server_id, params=params, inputs=checksums
+        )
+        save_record(job_dir, record)
+        from prefect.runtime import flow_run
 
-    t.write_active(staging, str(flow_run.id), job_dir)
-    if server is None:
-        files, meta = _run_local(summaries, refpanel, job_dir, r2_filter, phasing)
-    elif server.kind == "cloudgene":
-        files, meta = _run_cloudgene(
-            server,
-            service,
+        t.write_active(staging, str(flow_run.id), job_dir)
+        if server is None:
+            files, meta = _run_local(summaries, refpanel, job_dir, r2_filter, phasing)
+        elif server.kind == "cloudgene":
+            files, meta = _run_cloudgene(
+                server,
+                service,
+                job_dir,
+                [s.path for s in summaries],
+                params,
+                resubmit,
+                password_secret,
+                aes_encryption,
+            )
+        else:
+            with t.account_slot(service, server.max_concurrent_jobs, job_dir):
+                files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
+        record = load_record(job_dir)
+        manifest = t.publish_outputs(
             job_dir,
-            [s.path for s in summaries],
-            params,
-            resubmit,
-            password_secret,
-            aes_encryption,
+            files,
+            out_dir,
+            {
+                "job_name": job_name,
+                "service": service,
+                "server": server_id,
+                "job_id": record.job_id,
+                "submission_key": key,
+                "parameters": params,
+                **meta,
+            },
         )
-    else:
-        with t.account_slot(service, server.max_concurrent_jobs, job_dir):
-            files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
-    record = load_record(job_dir)
-    manifest = t.publish_outputs(
-        job_dir,
-        files,
-        out_dir,
-        {
-            "job_name": job_name,
-            "service": service,
-            "server": server_id,
-            "job_id": record.job_id,
-            "submission_key": key,
-            "parameters": params,
-            **meta,
-        },
-    )
-    t.emit_state("success", record, server_id, manifest=manifest)
-    return manifest
+        t.emit_state("success", record, server_id, manifest=manifest)
+        return manifest
 
 
 def _run_cloudgene(

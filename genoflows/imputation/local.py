@@ -79,10 +79,14 @@ def impute_chromosome(
     dose, info = out_dir / f"chr{n}.dose.vcf.gz", out_dir / f"chr{n}.info.gz"
     tmp_dose, tmp_info = out_dir / f".chr{n}.dose.part.vcf.gz", out_dir / f".chr{n}.info.part.gz"
     try:
+        # The target's index is an input too (minimac4 queries the target by region): a Batch job or a
+        # container must receive it beside the target.
+        index = [Path(f"{target}{ext}") for ext in (".tbi", ".csi") if Path(f"{target}{ext}").exists()]
         run_tool(
             minimac4.impute_argv(msav, target, tmp_dose, tmp_info, threads=threads, min_r2=r2_filter or None),
             log=log,
             provenance_dir=out_dir,
+            mounts=[Path(msav), Path(target), *index],
         )
         verify_vcf(tmp_dose)
         Path(str(tmp_dose) + ".tbi").unlink(missing_ok=True)
