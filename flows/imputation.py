@@ -222,12 +222,12 @@ def _run_local(summaries, refpanel, job_dir, r2_filter, phasing) -> tuple[list[P
     futures = []
     for s in summaries:
         panel = panel_for(refpanel, s.chrom)
-        msav = t.compress_panel(panel)
-        needs_phasing = not s.phased and phasing != "no_phasing"
         if not s.phased and phasing == "no_phasing":
             raise InputValidationError(
                 f"{s.path.name}: unphased genotypes with phasing='no_phasing'; phase them or choose eagle"
             )
+        needs_phasing = not s.phased and phasing != "no_phasing"
+        msav = t.compress_panel.submit(panel)  # panels are looked up / compressed in parallel, not one by one
         futures.append(
             t.impute_chromosome.submit(s.path, panel, msav, s.chrom, job_dir, r2_filter, not needs_phasing)
         )

@@ -268,3 +268,28 @@ def test_resubmit_submits_once_per_flow_run(small, tmp_path):
         assert server.submissions == 2
         ensure_submitted(*args[:1], load_record(tmp_path), *args[2:], resubmit=True, run_id="run-3")
         assert server.submissions == 3 and load_record(tmp_path).job_name.endswith("-r2")
+
+
+def test_panel_digest_is_remembered_until_the_panel_changes(tmp_path, monkeypatch):
+    """A multi-gigabyte panel is hashed once, not on every run; a changed panel is hashed again."""
+    import hashlib
+    import os
+
+    from genoflows.imputation import local
+
+    panel = tmp_path / "panel.vcf.gz"
+    panel.write_bytes(b"panel v1" * 1000)
+    reads = []
+    real = local.sha256_of
+    monkeypatch.setattr(local, "sha256_of", lambda p: reads.append(p) or real(p))
+    first = local.panel_digest(panel, tmp_path / "cache")
+    assert first == hashlib.sha256(panel.read_bytes()).hexdigest()
+    assert local.panel_digest(panel, tmp_path / "cache") == first and len(reads) == 1
+    panel.write_bytes(b"panel v2" * 1000)  # same size, new content and mtime
+    os.utime(panel, ns=(panel.stat().st_atime_ns, panel.stat().st_mtime_ns + 10**9))
+    assert (
+        local.panel_digest(panel, tmp_path / "cache")
+        == hashlib.sha256(panel.read_bytes()).hexdigest()
+        != first
+    )
+    assert len(reads) == 2
