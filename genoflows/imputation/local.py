@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from genoflows.files import atomic_output
 from genoflows.imputation.errors import InputValidationError
-from genoflows.imputation.remote import sha256_of, verify_vcf
+from genoflows.imputation.remote import sha256_cached, sha256_of, verify_vcf
 from genoflows.imputation.validate import chromosome_number
 from genoflows.toolrun import run_tool
 from genoflows.tools import minimac4, shapeit4
@@ -114,4 +114,7 @@ def impute_chromosome(
     finally:
         for p in (tmp_dose, tmp_info, Path(str(tmp_dose) + ".tbi")):
             p.unlink(missing_ok=True)
-    return [dose, Path(str(dose) + ".tbi"), info]
+    files = [dose, Path(str(dose) + ".tbi"), info]
+    for f in files:  # checksummed here, in parallel with the other chromosomes, for the manifest
+        sha256_cached(f)
+    return files
