@@ -176,7 +176,9 @@ def impute(
             )
         else:
             with t.account_slot(service, server.max_concurrent_jobs, job_dir):
-                files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
+                # An s3:// or https:// input used as given (not split) goes to the service as its URL.
+                remote_uris = {str(p): u for p, u in zip(staged, inputs, strict=True) if "://" in u}
+                files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit, remote_uris)
         record = load_record(job_dir)
         manifest = t.publish_outputs(
             job_dir,
@@ -238,9 +240,11 @@ def _run_local(summaries, refpanel, job_dir, r2_filter, phasing) -> tuple[list[P
     return files, {"tool_versions": versions, "chromosomes": [chromosome_number(s.chrom) for s in summaries]}
 
 
-def _run_wes(server, job_dir, summaries, refpanel, resubmit) -> tuple[list[Path], dict]:
+def _run_wes(server, job_dir, summaries, refpanel, resubmit, remote_uris) -> tuple[list[Path], dict]:
     retry = transient_retry_options(PermanentImputationError)
-    record = t.submit_wes_runs.with_options(**retry)(server, job_dir, summaries, refpanel, resubmit)
+    record = t.submit_wes_runs.with_options(**retry)(
+        server, job_dir, summaries, refpanel, resubmit, remote_uris
+    )
     t.wait_wes_runs.with_options(**retry)(server, job_dir)
     files = t.collect_wes_outputs.with_options(**retry)(server, job_dir)
     return files, {"job_id": record.job_id, "tool_versions": {"wes_runs": record.runs}}

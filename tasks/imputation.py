@@ -415,8 +415,12 @@ def submit_wes_runs(
     summaries: list[validate.VcfSummary],
     refpanel: str,
     resubmit: bool,
+    remote_uris: dict[str, str] | None = None,
 ) -> JobRecord:
-    """Submit each chromosome not yet recorded, after looking for a run already tagged with its name."""
+    """Submit each chromosome not yet recorded, after looking for a run already tagged with its name.
+
+    `remote_uris`: local staged copy -> the s3:// or https:// URI it came from; such inputs (validated here)
+    are given to the service as URLs instead of being uploaded again."""
     from genoflows.imputation import wes
 
     record = load_record(record_dir)
@@ -442,7 +446,9 @@ def submit_wes_runs(
                 )
                 params = {
                     "reference": _wes_input(panel, attachments),
-                    "target": _wes_input(str(s.path), attachments, secondary=(".tbi",)),
+                    "target": _wes_input(
+                        (remote_uris or {}).get(str(s.path), str(s.path)), attachments, secondary=(".tbi",)
+                    ),
                     "chrom": n,
                 }
                 run_id = client.submit(

@@ -293,3 +293,23 @@ def test_panel_digest_is_remembered_until_the_panel_changes(tmp_path, monkeypatc
         != first
     )
     assert len(reads) == 2
+
+
+def test_wes_inputs_local_files_are_attached_urls_pass_through(tmp_path):
+    """A remote WES service cannot read this machine's paths: local files become attachments named relatively
+    (with their index); s3:// and https:// inputs are handed over as URLs, nothing uploaded."""
+    from tasks.imputation import _wes_input
+
+    vcf = tmp_path / "lab" / "study.vcf.gz"
+    vcf.parent.mkdir()
+    vcf.write_bytes(b"x")
+    Path(f"{vcf}.tbi").write_bytes(b"i")
+    attachments: dict = {}
+    assert _wes_input(str(vcf), attachments, secondary=(".tbi",)) == {
+        "class": "File",
+        "location": "inputs/study.vcf.gz",
+    }
+    assert attachments == {"inputs/study.vcf.gz": vcf, "inputs/study.vcf.gz.tbi": Path(f"{vcf}.tbi")}
+    for url in ("s3://lab/chip/study.vcf.gz", "https://data.example.org/study.vcf.gz"):
+        more: dict = {}
+        assert _wes_input(url, more, secondary=(".tbi",)) == {"class": "File", "location": url} and not more
