@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, PositiveInt, SecretStr
 
 
 class ImputationServer(Block):
@@ -32,3 +32,9 @@ class ImputationServer(Block):
     token: SecretStr = Field(..., description="API token (Cloudgene X-Auth-Token) or WES bearer token")
     workflow_type: str = Field("CWL", description="WES only: workflow_type")
     workflow_type_version: str = Field("v1.2", description="WES only: workflow_type_version")
+    max_concurrent_jobs: PositiveInt | None = Field(
+        None,
+        description="The account's limit of simultaneously active jobs (MIS2/Cloudgene default: 2). When set, "
+        "every flow run holds a slot of the Prefect global concurrency limit `imputation-account-<block name>` "
+        "while its job is active, so flow runs together never exceed it. Empty: no limit on this side.",
+    )

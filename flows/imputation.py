@@ -17,6 +17,7 @@ from typing import Literal
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.aws_batch import AwsBatch, batch_for
 from blocks.imputation_server import ImputationServer
 from genoflows.fetch import PermanentFetchError
 from genoflows.imputation import outputs, remote
@@ -57,6 +58,7 @@ def _on_cancellation(flow, flow_run, state) -> None:
         state_name = t.cancel_remote.fn(server, record.job_id)
     record.note_state(state_name, "cancelled with the Prefect flow run")
     save_record(staging / record.job_name, record)
+    t.release_account_slot(staging / record.job_name)  # the job is no longer active on the account
     t.emit_state("canceled", record, server.base_url, reason="flow run cancelled")
 
 
@@ -99,6 +101,7 @@ def impute(
     resubmit: bool = False,
     aes_encryption: bool = False,
     reference_fasta: str | None = None,
+    batch: AwsBatch | None = None,
 ) -> str:
     """Impute genotype VCFs on a server, a WES service or this machine; returns the manifest's path or URI.
 
@@ -118,78 +121,97 @@ def impute(
         resubmit: Submit again even though a job for the same inputs and parameters exists.
         aes_encryption: Ask the server for AES-256 zips instead of ZipCrypto.
         reference_fasta: Optional reference FASTA (indexed): REF alleles are checked against it before submission.
+        batch: An AWS Batch block: the tools it lists (e.g. minimac4, shapeit4) run as Batch jobs, one per
+            chromosome, their files moving through its S3 staging prefix. Empty: every tool runs here.
     """
-    settings = get_settings()
-    staging = outputs.staging_dir(out_dir, settings.data_dir)
-    stage = t.stage_input.with_options(
-        **transient_retry_options(PermanentImputationError, PermanentFetchError)
-    )
-    staged = [stage(u, staging) for u in inputs]
-    summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
-    params = {
-        "refpanel": refpanel,
-        "build": build,
-        "phasing": phasing,
-        "population": population,
-        "r2Filter": str(r2_filter if r2_filter else 0),
-        "mode": mode,
-    }
-    if aes_encryption:
-        params["aesEncryption"] = "yes"
-    server = None if service == "local" else _load_server(service)
-    if server is not None and server.kind == "cloudgene" and r2_filter not in SERVER_R2_FILTERS:
-        raise InputValidationError(
-            f"r2_filter={r2_filter}: Cloudgene servers accept only {sorted(SERVER_R2_FILTERS)}"
+    with batch_for(batch):  # the tools the block lists (e.g. minimac4) run as AWS Batch jobs
+        settings = get_settings()
+        staging = outputs.staging_dir(out_dir, settings.data_dir)
+        stage = t.stage_input.with_options(
+            **transient_retry_options(PermanentImputationError, PermanentFetchError)
         )
-    server_id = "local" if server is None else f"{server.kind}:{server.base_url.rstrip('/')}:{server.app_id}"
-    checksums = {Path(p).name: remote.sha256_of(Path(p)) for p in staged}
-    key = submission_key(checksums, params, server_id)
-    job_name = job_name_for(key)
-    job_dir = staging / job_name
-    record = load_record(job_dir) or JobRecord(
-        key=key, job_name=job_name, service=service, server=server_id, params=params, inputs=checksums
-    )
-    save_record(job_dir, record)
-    from prefect.runtime import flow_run
-
-    t.write_active(staging, str(flow_run.id), job_dir)
-    if server is None:
-        files, meta = _run_local(summaries, refpanel, job_dir, r2_filter, phasing)
-    elif server.kind == "cloudgene":
-        files, meta = _run_cloudgene(
-            server, job_dir, [s.path for s in summaries], params, resubmit, password_secret, aes_encryption
+        staged = [stage(u, staging) for u in inputs]
+        summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
+        params = {
+            "refpanel": refpanel,
+            "build": build,
+            "phasing": phasing,
+            "population": population,
+            "r2Filter": str(r2_filter if r2_filter else 0),
+            "mode": mode,
+        }
+        if aes_encryption:
+            params["aesEncryption"] = "yes"
+        server = None if service == "local" else _load_server(service)
+        if server is not None and server.kind == "cloudgene" and r2_filter not in SERVER_R2_FILTERS:
+            raise InputValidationError(
+                f"r2_filter={r2_filter}: Cloudgene servers accept only {sorted(SERVER_R2_FILTERS)}"
+            )
+        server_id = (
+            "local" if server is None else f"{server.kind}:{server.base_url.rstrip('/')}:{server.app_id}"
         )
-    else:
-        files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit)
-    record = load_record(job_dir)
-    manifest = t.publish_outputs(
-        job_dir,
-        files,
-        out_dir,
-        {
-            "job_name": job_name,
-            "service": service,
-            "server": server_id,
-            "job_id": record.job_id,
-            "submission_key": key,
-            "parameters": params,
-            **meta,
-        },
-    )
-    t.emit_state("success", record, server_id, manifest=manifest)
-    return manifest
+        checksums = {Path(p).name: remote.sha256_of(Path(p)) for p in staged}
+        key = submission_key(checksums, params, server_id)
+        job_name = job_name_for(key)
+        job_dir = staging / job_name
+        record = load_record(job_dir) or JobRecord(
+            key=key, job_name=job_name, service=service, server=server_id, params=params, inputs=checksums
+        )
+        save_record(job_dir, record)
+        from prefect.runtime import flow_run
+
+        t.write_active(staging, str(flow_run.id), job_dir)
+        if server is None:
+            files, meta = _run_local(summaries, refpanel, job_dir, r2_filter, phasing)
+        elif server.kind == "cloudgene":
+            files, meta = _run_cloudgene(
+                server,
+                service,
+                job_dir,
+                [s.path for s in summaries],
+                params,
+                resubmit,
+                password_secret,
+                aes_encryption,
+            )
+        else:
+            with t.account_slot(service, server.max_concurrent_jobs, job_dir):
+                # An s3:// or https:// input used as given (not split) goes to the service as its URL.
+                remote_uris = {str(p): u for p, u in zip(staged, inputs, strict=True) if "://" in u}
+                files, meta = _run_wes(server, job_dir, summaries, refpanel, resubmit, remote_uris)
+        record = load_record(job_dir)
+        manifest = t.publish_outputs(
+            job_dir,
+            files,
+            out_dir,
+            {
+                "job_name": job_name,
+                "service": service,
+                "server": server_id,
+                "job_id": record.job_id,
+                "submission_key": key,
+                "parameters": params,
+                **meta,
+            },
+        )
+        t.emit_state("success", record, server_id, manifest=manifest)
+        return manifest
 
 
-def _run_cloudgene(server, job_dir, files, params, resubmit, password_secret, aes) -> tuple[list[Path], dict]:
+def _run_cloudgene(
+    server, block_name, job_dir, files, params, resubmit, password_secret, aes
+) -> tuple[list[Path], dict]:
     retry = transient_retry_options(PermanentImputationError)
     password = t.results_password(password_secret)
-    record = t.submit_job.with_options(**retry)(
-        server, job_dir, files, {**params, "password": password}, resubmit
-    )
     downloaded = None if resubmit else remote.finished_downloads(load_record(job_dir), job_dir / "downloads")
     if downloaded is None:
-        job = t.wait_for_job.with_options(**retry)(server, job_dir)
-        downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
+        # One account slot from submit (or resume) until the results are downloaded.
+        with t.account_slot(block_name, server.max_concurrent_jobs, job_dir):
+            t.submit_job.with_options(**retry)(
+                server, job_dir, files, {**params, "password": password}, resubmit
+            )
+            job = t.wait_for_job.with_options(**retry)(server, job_dir)
+            downloaded = t.download_results.with_options(**retry)(server, job_dir, job, password)
     files = t.unpack_results(downloaded, job_dir, password, aes)
     record = load_record(job_dir)
     return files, {"job_id": record.job_id, "tool_versions": {"server_application": record.application}}
@@ -202,12 +224,12 @@ def _run_local(summaries, refpanel, job_dir, r2_filter, phasing) -> tuple[list[P
     futures = []
     for s in summaries:
         panel = panel_for(refpanel, s.chrom)
-        msav = t.compress_panel(panel)
-        needs_phasing = not s.phased and phasing != "no_phasing"
         if not s.phased and phasing == "no_phasing":
             raise InputValidationError(
                 f"{s.path.name}: unphased genotypes with phasing='no_phasing'; phase them or choose eagle"
             )
+        needs_phasing = not s.phased and phasing != "no_phasing"
+        msav = t.compress_panel.submit(panel)  # panels are looked up / compressed in parallel, not one by one
         futures.append(
             t.impute_chromosome.submit(s.path, panel, msav, s.chrom, job_dir, r2_filter, not needs_phasing)
         )
@@ -218,9 +240,11 @@ def _run_local(summaries, refpanel, job_dir, r2_filter, phasing) -> tuple[list[P
     return files, {"tool_versions": versions, "chromosomes": [chromosome_number(s.chrom) for s in summaries]}
 
 
-def _run_wes(server, job_dir, summaries, refpanel, resubmit) -> tuple[list[Path], dict]:
+def _run_wes(server, job_dir, summaries, refpanel, resubmit, remote_uris) -> tuple[list[Path], dict]:
     retry = transient_retry_options(PermanentImputationError)
-    record = t.submit_wes_runs.with_options(**retry)(server, job_dir, summaries, refpanel, resubmit)
+    record = t.submit_wes_runs.with_options(**retry)(
+        server, job_dir, summaries, refpanel, resubmit, remote_uris
+    )
     t.wait_wes_runs.with_options(**retry)(server, job_dir)
     files = t.collect_wes_outputs.with_options(**retry)(server, job_dir)
     return files, {"job_id": record.job_id, "tool_versions": {"wes_runs": record.runs}}

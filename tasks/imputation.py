@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import secrets
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import task
@@ -84,7 +86,10 @@ def results_password(secret_name: str) -> str:
         return Secret.load(secret_name).get()
     except ValueError:
         value = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(24))
-        Secret(value=value).save(secret_name)
+        try:
+            Secret(value=value).save(secret_name)  # never overwrite: another run may already use its password
+        except ValueError:  # another flow run saved one first: use that one
+            return Secret.load(secret_name).get()
         run_logger().info("generated a results password and saved it as Secret block %r", secret_name)
         return value
 
@@ -241,6 +246,99 @@ def cancel_remote(server: ImputationServer, job_id: str) -> str:
     return client.phase(job)[0]
 
 
+# --- the account's concurrent-job limit as a Prefect global concurrency limit (issue 12, "Shared limits") ------
+ACCOUNT_LIMIT_PREFIX = "imputation-account-"
+SLOT_LEASE_SECONDS = (
+    60.0  # the shortest lease Prefect grants; renewed in the background while the job is active
+)
+
+
+def account_limit_name(block_name: str) -> str:
+    return f"{ACCOUNT_LIMIT_PREFIX}{block_name}"
+
+
+def ensure_account_limit(name: str, limit: int) -> None:
+    """Create the global concurrency limit, or set it to the block's `max_concurrent_jobs` when it differs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            current = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                return
+            except ObjectAlreadyExists:  # another flow run created it first
+                current = client.read_global_concurrency_limit_by_name(name)
+        if current.limit != limit or not current.active:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+            )
+
+
+def release_account_slot(record_dir: Path) -> None:
+    """A run killed while its job was active left its slot leased (the ephemeral API never expires leases, a
+    server only after the lease runs out). The rerun resumes that very job, so it releases the old lease first
+    and takes a slot of its own: one job, one slot."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    record = load_record(record_dir)
+    if record is None or not record.slot_lease:
+        return
+    log = run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            client.release_concurrency_slots_with_lease(UUID(record.slot_lease))
+            log.info("released the account slot held for %s", record.job_name)
+        except ObjectNotFound:
+            pass  # expired and revoked meanwhile
+    record.slot_lease = None
+    save_record(record_dir, record)
+
+
+def _current_lease_id() -> str | None:
+    """The lease `concurrency()` just took (Prefect records it in the run's ConcurrencyContext for cleanup)."""
+    from prefect.concurrency.context import ConcurrencyContext
+
+    ctx = ConcurrencyContext.get()
+    return str(ctx.cleanup_lease_ids[-1]) if ctx is not None and ctx.cleanup_lease_ids else None
+
+
+@contextmanager
+def account_slot(block_name: str, max_jobs: int | None, record_dir: Path) -> Iterator[None]:
+    """Hold one slot of `imputation-account-<block name>` while this run's remote job is active (submit to
+    downloaded), so flow runs together never have more jobs on the account than it allows. The lease id is
+    kept in the job record so a rerun after a crash can hand the slot over (see release_account_slot)."""
+    if not max_jobs:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    name = account_limit_name(block_name)
+    ensure_account_limit(name, max_jobs)
+    release_account_slot(record_dir)
+    logger = run_logger()
+    logger.info("waiting for a slot of %s (%d concurrent jobs per account)", name, max_jobs)
+    with concurrency(
+        name, occupy=1, lease_duration=SLOT_LEASE_SECONDS, strict=True, raise_on_lease_renewal_failure=False
+    ):
+        record = load_record(record_dir)
+        record.slot_lease = _current_lease_id()
+        save_record(record_dir, record)
+        logger.info("holding a slot of %s", name)
+        try:
+            yield
+        finally:
+            record = load_record(record_dir)
+            record.slot_lease = None
+            save_record(record_dir, record)
+
+
 def write_active(staging: Path, flow_run_id: str, record_dir: Path) -> None:
     """Remember which job this flow run drives, for the cancellation hook."""
     d = staging / ".active"
@@ -296,8 +394,18 @@ def wes_client(server: ImputationServer):
     return WesClient(server.base_url, server.token, timeout=get_settings().http_timeout_seconds)
 
 
-def _location(path_or_uri: str) -> str:
-    return path_or_uri if "://" in path_or_uri else Path(path_or_uri).resolve().as_uri()
+def _wes_input(path_or_uri: str, attachments: dict, secondary: tuple[str, ...] = ()) -> dict:
+    """A CWL File for a WES run: s3:// and http(s):// pass as URLs the service fetches; a local file is sent as
+    a `workflow_attachment` (with its index) and named relative to the run's attachment directory, because a
+    remote service cannot read this machine's paths."""
+    if "://" in path_or_uri:
+        return {"class": "File", "location": path_or_uri}
+    path = Path(path_or_uri)
+    name = f"inputs/{path.name}"
+    attachments[name] = path
+    for ext in secondary:
+        attachments[name + ext] = Path(str(path) + ext)
+    return {"class": "File", "location": name}
 
 
 @task
@@ -307,8 +415,12 @@ def submit_wes_runs(
     summaries: list[validate.VcfSummary],
     refpanel: str,
     resubmit: bool,
+    remote_uris: dict[str, str] | None = None,
 ) -> JobRecord:
-    """Submit each chromosome not yet recorded, after looking for a run already tagged with its name."""
+    """Submit each chromosome not yet recorded, after looking for a run already tagged with its name.
+
+    `remote_uris`: local staged copy -> the s3:// or https:// URI it came from; such inputs (validated here)
+    are given to the service as URLs instead of being uploaded again."""
     from genoflows.imputation import wes
 
     record = load_record(record_dir)
@@ -328,15 +440,17 @@ def submit_wes_runs(
                 panel = refpanel.replace("{chrom}", n)
                 if "://" not in panel and not panel.endswith(".msav"):
                     panel = str(local.compressed_panel(Path(panel), get_settings().cache_dir))
+                workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
+                attachments: dict = (
+                    {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else {}
+                )
                 params = {
-                    "reference": {"class": "File", "location": _location(panel)},
-                    "target": {"class": "File", "location": _location(str(s.path))},
+                    "reference": _wes_input(panel, attachments),
+                    "target": _wes_input(
+                        (remote_uris or {}).get(str(s.path), str(s.path)), attachments, secondary=(".tbi",)
+                    ),
                     "chrom": n,
                 }
-                workflow_url = server.app_id if server.app_id.endswith(".cwl") else wes.WORKFLOW_FILE
-                attachments = (
-                    {wes.WORKFLOW_FILE: wes.MINIMAC4_CWL} if workflow_url == wes.WORKFLOW_FILE else None
-                )
                 run_id = client.submit(
                     workflow_url,
                     params,

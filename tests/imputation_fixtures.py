@@ -66,12 +66,12 @@ def imp_fast(settings_env, monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def save_block(server: CloudgeneServer, imp_token: str, name: str | None = None) -> str:
+def save_block(server: CloudgeneServer, imp_token: str, name: str | None = None, **fields) -> str:
     from blocks.imputation_server import ImputationServer
 
     name = name or f"cg-{secrets.token_hex(4)}"
     ImputationServer(
-        kind="cloudgene", base_url=server.base_url, app_id="imputationserver2", token=imp_token
+        kind="cloudgene", base_url=server.base_url, app_id="imputationserver2", token=imp_token, **fields
     ).save(name, overwrite=True)
     return name
 

@@ -222,6 +222,36 @@ def test_concurrent_job_limit_waits_for_a_slot(
     assert cloudgene.submissions == 2
 
 
+def test_two_flow_runs_share_the_account_limit(
+    prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
+):
+    """Two flow runs at once on one account with max_concurrent_jobs=1: the server (which would take 2) never
+    sees more than one active job of this token, and both runs finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.orchestration import get_client
+
+    block = save_block(cloudgene, imp_token, max_concurrent_jobs=1)
+    assert cloudgene.max_active_jobs == 2
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(
+                _run,
+                inputs=[str(imp_cohort.study[c])],
+                service=block,
+                refpanel="apps@hapmap-2",
+                out_dir=str(tmp_path / "o"),
+            )
+            for c in ("20", "21")
+        ]
+        states = [f.result() for f in futures]
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    assert cloudgene.submissions == 2 and cloudgene.max_simultaneous_jobs("lab") == 1
+    with get_client(sync_client=True) as c:
+        gcl = c.read_global_concurrency_limit_by_name(f"imputation-account-{block}")
+    assert gcl.limit == 1 and gcl.active_slots == 0
+
+
 def test_download_limit_exhausted_says_so(
     prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
 ):

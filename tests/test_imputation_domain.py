@@ -268,3 +268,48 @@ def test_resubmit_submits_once_per_flow_run(small, tmp_path):
         assert server.submissions == 2
         ensure_submitted(*args[:1], load_record(tmp_path), *args[2:], resubmit=True, run_id="run-3")
         assert server.submissions == 3 and load_record(tmp_path).job_name.endswith("-r2")
+
+
+def test_panel_digest_is_remembered_until_the_panel_changes(tmp_path, monkeypatch):
+    """A multi-gigabyte panel is hashed once, not on every run; a changed panel is hashed again."""
+    import hashlib
+    import os
+
+    from genoflows.imputation import local
+
+    panel = tmp_path / "panel.vcf.gz"
+    panel.write_bytes(b"panel v1" * 1000)
+    reads = []
+    real = local.sha256_of
+    monkeypatch.setattr(local, "sha256_of", lambda p: reads.append(p) or real(p))
+    first = local.panel_digest(panel, tmp_path / "cache")
+    assert first == hashlib.sha256(panel.read_bytes()).hexdigest()
+    assert local.panel_digest(panel, tmp_path / "cache") == first and len(reads) == 1
+    panel.write_bytes(b"panel v2" * 1000)  # same size, new content and mtime
+    os.utime(panel, ns=(panel.stat().st_atime_ns, panel.stat().st_mtime_ns + 10**9))
+    assert (
+        local.panel_digest(panel, tmp_path / "cache")
+        == hashlib.sha256(panel.read_bytes()).hexdigest()
+        != first
+    )
+    assert len(reads) == 2
+
+
+def test_wes_inputs_local_files_are_attached_urls_pass_through(tmp_path):
+    """A remote WES service cannot read this machine's paths: local files become attachments named relatively
+    (with their index); s3:// and https:// inputs are handed over as URLs, nothing uploaded."""
+    from tasks.imputation import _wes_input
+
+    vcf = tmp_path / "lab" / "study.vcf.gz"
+    vcf.parent.mkdir()
+    vcf.write_bytes(b"x")
+    Path(f"{vcf}.tbi").write_bytes(b"i")
+    attachments: dict = {}
+    assert _wes_input(str(vcf), attachments, secondary=(".tbi",)) == {
+        "class": "File",
+        "location": "inputs/study.vcf.gz",
+    }
+    assert attachments == {"inputs/study.vcf.gz": vcf, "inputs/study.vcf.gz.tbi": Path(f"{vcf}.tbi")}
+    for url in ("s3://lab/chip/study.vcf.gz", "https://data.example.org/study.vcf.gz"):
+        more: dict = {}
+        assert _wes_input(url, more, secondary=(".tbi",)) == {"class": "File", "location": url} and not more

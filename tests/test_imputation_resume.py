@@ -59,6 +59,13 @@ def _read_flow_run(run_id: str):
     return asyncio.run(read())
 
 
+def _active_slots(limit_name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        return c.read_global_concurrency_limit_by_name(limit_name).active_slots
+
+
 def _wait(cond, timeout: float = 120) -> None:
     t0 = time.monotonic()
     while not cond():
@@ -91,18 +98,25 @@ def test_kill_while_polling_then_rerun_resumes_and_cancel_hook(
     prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path
 ):
     cloudgene.queue_seconds = 600  # stays queued until the test lets it run
-    block = save_block(cloudgene, imp_token)
+    # An account limit of 1 job: the killed run dies holding its slot (a lease the ephemeral API never expires);
+    # the rerun resumes that job, so it must take the slot over instead of waiting for it forever.
+    block = save_block(cloudgene, imp_token, max_concurrent_jobs=1)
     out = tmp_path / "out"
     kw = dict(inputs=[str(imp_cohort.study["21"])], service=block, refpanel="apps@hapmap-2", out_dir=str(out))
     proc = _start(kw, tmp_path)
     _wait(lambda: _records(out) and load_record(_records(out)[0].parent).state == "waiting")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert load_record(_records(out)[0].parent).slot_lease  # died holding the account slot
     (job,) = cloudgene.jobs.values()
     job.queue_s = 0.0  # the queue moves on while nobody watches
     state = impute(return_state=True, **kw)
     assert state.is_completed(), state.message
     assert cloudgene.submissions == 1
+    assert (
+        _active_slots(f"imputation-account-{block}") == 0
+        and not load_record(_records(out)[0].parent).slot_lease
+    )
 
     # cancellation: a second killed run, then the on_cancellation hook of its flow run cancels the remote job
     cloudgene.queue_seconds = 600
@@ -118,8 +132,10 @@ def test_kill_while_polling_then_rerun_resumes_and_cancel_hook(
         for p in (out / ".active").iterdir()
         if load_record(Path(json.loads(p.read_text())["record_dir"])).job_id == new.id
     ]
+    assert _active_slots(f"imputation-account-{block}") == 1
     _on_cancellation(impute, _read_flow_run(run_id), Cancelled())
     assert cloudgene.state_of(new) == 6
+    assert _active_slots(f"imputation-account-{block}") == 0  # the cancelled job's slot is free again
     assert load_record(out / new.name).state == "canceled"
     # and cancel_imputation cancels by id
     cloudgene.queue_seconds = 600

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from genoflows.files import atomic_output
-from genoflows.imputation.remote import sha256_of
+from genoflows.imputation.remote import sha256_cached
 
 MANIFEST = "imputation.json"
 SKIP = {MANIFEST}
@@ -31,7 +31,7 @@ def write_manifest(job_dir: Path, files: list[Path], meta: dict, uris: dict[str,
     entries = []
     for f in sorted(set(files)):
         rel = str(f.relative_to(job_dir))
-        entry = {"file": rel, "bytes": f.stat().st_size, "sha256": sha256_of(f)}
+        entry = {"file": rel, "bytes": f.stat().st_size, "sha256": sha256_cached(f)}
         if uris:
             entry["uri"] = uris[rel]
         entries.append(entry)
@@ -50,7 +50,7 @@ def upload_files(job_dir: Path, files: list[Path], out_uri: str, s3) -> dict[str
     for f in files:
         rel = str(f.relative_to(job_dir))
         key = f"{prefix}/{rel}" if prefix else rel
-        digest = sha256_of(f)
+        digest = sha256_cached(f)
         try:
             head = s3.head_object(Bucket=bucket, Key=key)
             same = (

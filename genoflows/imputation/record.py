@@ -49,6 +49,7 @@ class JobRecord:
     application: str = ""  # the server's "<app name> <version>" (tool versions in the manifest)
     resubmitted_by: str = ""  # flow run that made the last deliberate resubmission
     runs: dict[str, str] = field(default_factory=dict)  # WES: chromosome -> run id (one run per chromosome)
+    slot_lease: str | None = None  # Prefect lease of the account slot held while the job is active
 
     def note_state(self, state: str, detail: str = "") -> None:
         if not self.history or self.history[-1]["state"] != state:

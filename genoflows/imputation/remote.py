@@ -145,6 +145,19 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256_of, remembered in this process per (path, size, mtime): an output hashed by the task that wrote
+    it (in parallel with other chromosomes) is not read again, serially, by the manifest at the end."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(Path(path))
+    return _DIGESTS[key]
+
+
 def check_zip(path: Path, password: str | None) -> None:
     """Every entry's CRC is checked (this reads the whole zip): catches truncation, corruption, bad password."""
     try:

@@ -96,7 +96,7 @@ class WesClient:
         workflow_url: str,
         params: dict,
         *,
-        attachments: dict[str, str] | None = None,
+        attachments: dict[str, str | bytes | Path] | None = None,
         workflow_type: str = "CWL",
         workflow_type_version: str = "v1.2",
         tags: dict[str, str] | None = None,
@@ -111,8 +111,19 @@ class WesClient:
         }
         if engine_parameters:
             data["workflow_engine_parameters"] = json.dumps(engine_parameters)
-        files = [("workflow_attachment", (name, text.encode())) for name, text in (attachments or {}).items()]
-        return str(self._call("POST", "/runs", data=data, files=files or None)["run_id"])
+        files, handles = [], []
+        try:
+            for name, body in (attachments or {}).items():
+                if isinstance(body, Path):  # streamed from disk, not read into memory (panels are large)
+                    handles.append(open(body, "rb"))  # noqa: SIM115 - closed below
+                    body = handles[-1]
+                elif isinstance(body, str):
+                    body = body.encode()
+                files.append(("workflow_attachment", (name, body)))
+            return str(self._call("POST", "/runs", data=data, files=files or None)["run_id"])
+        finally:
+            for fh in handles:
+                fh.close()
 
     def list_runs(self) -> list[dict]:
         body = self._call("GET", "/runs")

@@ -197,6 +197,31 @@ class CloudgeneServer:
     def active_jobs(self, user: str) -> int:
         return sum(1 for j in self.jobs.values() if j.user == user and self.state_of(j) in (1, 2, 3))
 
+    def active_interval(self, job: Job) -> tuple[float, float]:
+        """Server time during which the job counted against its user's limit (waiting, running, exporting)."""
+        end = job.submitted + (0 if job.no_steps else job.queue_s)
+        if not job.no_steps:
+            end += job.run_s if job.error is None else 0
+            end += job.export_s if job.error is None else 0
+        if job.canceled_at is not None:
+            end = min(end, job.canceled_at)
+        return job.submitted, end
+
+    def max_simultaneous_jobs(self, user: str) -> int:
+        """The most jobs this user (token) ever had active at once on this server."""
+        edges = []
+        for j in self.jobs.values():
+            if j.user == user:
+                start, end = self.active_interval(j)
+                edges += [(start, 1), (end, -1)]
+        peak = now = 0
+        for _, delta in sorted(
+            edges, key=lambda e: (e[0], e[1])
+        ):  # an end before a start at the same instant
+            now += delta
+            peak = max(peak, now)
+        return peak
+
     def job_json(self, job: Job) -> dict:
         state = self.state_of(job)
         waiting = sorted((j for j in self.jobs.values() if self.state_of(j) == 1), key=lambda j: j.submitted)
