@@ -94,7 +94,7 @@ def plan_staging(argv: Sequence[str], cwd: Path | None = None, extra_inputs: Seq
     workdirs: list[str] = []
 
     def add_input(p: Path) -> None:
-        p = p.resolve()
+        p = p.parent.resolve() / p.name  # a symlink keeps its own name and place (regenie's `recoded.bed` link)
         if p.is_file():
             inputs.setdefault(str(p), f"{len(inputs)}/{p.name}")
             for companion in (p.with_name(p.name + s) for s in INDEX_SUFFIXES):  # after the data: newer mtime
