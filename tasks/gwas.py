@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from genoflows.batch import BatchPermanentError
 from genoflows.gwas import storage
 from genoflows.gwas.inputs import InputError, read_pred_list, write_pred_list
 from genoflows.gwas.manifest import SAFE_ID, Manifest, ManifestError, load_manifest
@@ -134,10 +135,12 @@ def _restore_step1(layout: RunLayout, step1_dir: Path, aws_credentials) -> None:
 
 
 def _retry_step2(task, task_run, state) -> bool:
-    """Retry a chromosome that died (killed, out of memory, crashed); not one regenie refused (exit 1)."""
+    """Retry a chromosome that died (killed, out of memory, crashed); not one regenie refused (exit 1), nor a
+    Batch job the executor calls permanent (regenie's own failure, out of memory, no such queue, access denied);
+    a Batch job whose host went away is retried."""
     try:
         state.result()
-    except (InputError, StepError):
+    except (InputError, StepError, BatchPermanentError):
         return False
     except ToolError as exc:
         return exc.returncode != 1

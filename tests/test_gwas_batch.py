@@ -68,3 +68,21 @@ def test_step2_job_reads_the_prediction_list_and_its_loco_files_from_its_staged_
     assert got == (tmp_path / "local" / "step2" / "chr2_height.regenie").read_text()
     on_batch = [r for r in read_provenance(site / "run") if r.get("executor")]
     assert [r["argv"][r["argv"].index("--step") + 1] for r in on_batch] == ["2"]
+
+
+def test_a_step2_batch_job_is_retried_only_when_its_host_went_away():
+    """A failed Batch job the executor calls permanent (regenie exited 1 in it, out of memory, no such queue) is
+    not retried, as regenie's exit 1 is not when it runs here; a job whose host was terminated is."""
+    from prefect.states import Failed
+
+    from genoflows.batch import BatchPermanentError, BatchTransientError
+    from genoflows.toolrun import ToolError
+    from tasks.gwas import _retry_step2
+
+    def retried(exc: BaseException) -> bool:
+        return _retry_step2(None, None, Failed(data=exc))
+
+    assert not retried(BatchPermanentError("Batch job j1 (genoflows-regenie) failed with exit code 1"))
+    assert not retried(BatchPermanentError("Batch job j2 (regenie) ran out of memory with 2048 MiB"))
+    assert retried(BatchTransientError("Batch job j3 (regenie) lost its host (Host EC2 terminated)"))
+    assert not retried(ToolError("regenie", ["regenie"], 1, [])) and retried(ToolError("regenie", ["regenie"], 137, []))
