@@ -39,7 +39,7 @@ THROTTLED = {"TooManyRequestsException", "ThrottlingException", "Throttling", "R
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException"}
 LOG_GROUP = "/aws/batch/job"
 # Index files a tool finds beside its input without naming them (VCF/BCF, FASTA, BAM/CRAM): staged with it.
-INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai")
+INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai", ".bgi")  # .bgi: regenie reads <bgen>.bgi
 
 
 class BatchError(RuntimeError):

@@ -4,6 +4,8 @@ away while the job runs: whatever the job reads must have been staged through S3
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 import pytest
 
@@ -86,3 +88,18 @@ def test_a_step2_batch_job_is_retried_only_when_its_host_went_away():
     assert not retried(BatchPermanentError("Batch job j2 (regenie) ran out of memory with 2048 MiB"))
     assert retried(BatchTransientError("Batch job j3 (regenie) lost its host (Host EC2 terminated)"))
     assert not retried(ToolError("regenie", ["regenie"], 1, [])) and retried(ToolError("regenie", ["regenie"], 137, []))
+
+
+def test_a_bgen_travels_to_a_batch_job_with_its_bgi_index():
+    """regenie (and genoflows-regenie) read `<bgen>.bgi` beside `--bgen` without being told: a step-2 job on
+    Batch gets it staged with the BGEN, or it would walk every variant header of a biobank file instead."""
+    import os
+
+    from genoflows.batch import plan_staging
+
+    ex = Path(os.environ.get("GENOFLOWS_SHARED_DIR") or Path(__file__).parents[1] / ".." / "shared") / "testdata" \
+        / "regenie-example"
+    bgen = (ex / "example_3chr.bgen").resolve()
+    staging = plan_staging(["regenie", "--step", "2", "--bgen", str(bgen), "--sample", str(ex / "example_3chr.sample"),
+                            "--out", "/nonexistent/out"])
+    assert set(staging.inputs) == {str(bgen), f"{bgen}.bgi", str((ex / "example_3chr.sample").resolve())}
