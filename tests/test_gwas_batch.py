@@ -103,3 +103,18 @@ def test_a_bgen_travels_to_a_batch_job_with_its_bgi_index():
     staging = plan_staging(["regenie", "--step", "2", "--bgen", str(bgen), "--sample", str(ex / "example_3chr.sample"),
                             "--out", "/nonexistent/out"])
     assert set(staging.inputs) == {str(bgen), f"{bgen}.bgi", str((ex / "example_3chr.sample").resolve())}
+
+
+def test_gwas_takes_its_batch_and_tool_images_as_blocks():
+    """Block-typed parameters, as giab_benchmark's: the UI offers a block picker, and the block objects (not a
+    name to look up) are what the flow hands to each step-2 task."""
+    from flows.gwas import gwas
+
+    schema = gwas.parameters.model_dump()
+    props = schema["properties"]
+    for name, block, slug in (("aws_credentials", "AwsCredentials", "aws-credentials"),
+                              ("tool_images", "ToolImages", "genoflows-tool-images"),
+                              ("batch", "AwsBatch", "genoflows-aws-batch")):
+        assert {"$ref": f"#/definitions/{block}"} in props[name]["anyOf"], props[name]
+        assert schema["definitions"][block]["block_type_slug"] == slug
+    assert "tool_images_block" not in props
