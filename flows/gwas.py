@@ -22,8 +22,8 @@ from prefect.futures import wait
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
-from blocks.aws_batch import AwsBatch, batch_for
-from blocks.tool_images import using_tool_images
+from blocks.aws_batch import AwsBatch
+from blocks.tool_images import ToolImages
 from genoflows.fetch import PermanentFetchError
 from genoflows.gwas import storage
 from genoflows.gwas.inputs import InputError
@@ -47,6 +47,7 @@ from tasks.gwas import (
 )
 from tasks.runners import fan_out_runner
 from tasks.runtime import run_logger, transient_retry_options
+from tasks.tooling import where_tools_run
 
 Engine = Literal["auto", "regenie", "builtin"]
 
@@ -65,12 +66,16 @@ def gwas(
     chunk_variants: Annotated[int, Field(ge=1, description="Split chromosomes above this many variants.")] = 2_000_000,
     manifest_etag: Annotated[str | None, Field(description="Run only this manifest version (set by the watcher).")] = None,
     aws_credentials: AwsCredentials | None = None,
-    tool_images_block: str | None = None,
-    batch: Annotated[AwsBatch | None, Field(description="Run the block's tools (e.g. regenie) as AWS Batch jobs.")] = None,
+    tool_images: Annotated[ToolImages | None, Field(description="Container images per tool, e.g. regenie's.")] = None,
+    batch: Annotated[AwsBatch | None, Field(description="Run the block's tools (e.g. genoflows-regenie or regenie) "
+                                                        "as AWS Batch jobs.")] = None,
 ) -> str:
-    """Run a GWAS from a manifest; returns where the results are."""
+    """Run a GWAS from a manifest; returns where the results are.
+
+    `batch` and `tool_images` apply to every tool call of the run: in the flow's context here, and passed to each
+    step-2 task explicitly, because a Dask/Ray worker process does not see the flow's context."""
     log = run_logger()
-    with using_tool_images(tool_images_block), batch_for(batch):
+    with where_tools_run(batch, tool_images):
         m, source = read_manifest.with_options(**transient_retry_options(ManifestError, ManifestChanged))(
             manifest, manifest_etag, aws_credentials)
         layout = RunLayout.for_run(out_dir, m.experiment_id, run_id or str(runtime.flow_run.id))
@@ -86,7 +91,8 @@ def gwas(
         with fan_out_runner(max_parallel) as runner:  # threads by default; Dask/Ray by GENOFLOWS_TASK_RUNNER
             futures = [runner.submit(step2, parameters={"engine": eng, "inp": staged.regenie, "pred": Path(pred),
                                                         "unit": u, "layout": layout,
-                                                        "aws_credentials": aws_credentials}) for u in units]
+                                                        "aws_credentials": aws_credentials, "batch": batch,
+                                                        "tool_images": tool_images}) for u in units]
             wait(futures)
         status = _status_rows(units, futures, staged.empty_chromosomes, eng)
         failed = sorted({r["chromosome"] for r in status if r["status"] == "failed"})

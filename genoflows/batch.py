@@ -39,7 +39,7 @@ THROTTLED = {"TooManyRequestsException", "ThrottlingException", "Throttling", "R
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException"}
 LOG_GROUP = "/aws/batch/job"
 # Index files a tool finds beside its input without naming them (VCF/BCF, FASTA, BAM/CRAM): staged with it.
-INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai")
+INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai", ".bgi")  # .bgi: regenie reads <bgen>.bgi
 
 
 class BatchError(RuntimeError):
@@ -94,7 +94,7 @@ def plan_staging(argv: Sequence[str], cwd: Path | None = None, extra_inputs: Seq
     workdirs: list[str] = []
 
     def add_input(p: Path) -> None:
-        p = p.resolve()
+        p = p.parent.resolve() / p.name  # a symlink keeps its own name and place (regenie's `recoded.bed` link)
         if p.is_file():
             inputs.setdefault(str(p), f"{len(inputs)}/{p.name}")
             for companion in (p.with_name(p.name + s) for s in INDEX_SUFFIXES):  # after the data: newer mtime

@@ -8,8 +8,6 @@ as a prefect-aws `AwsCredentials` block object (a block-typed flow parameter), n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +16,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.aws_batch import batch_for
 from genoflows.fetch import s3_client
 from genoflows.giab import catalogue, references, small, source, sv
 from genoflows.giab.metrics import headline_table, metrics_rows, slug, write_metrics_csv
@@ -26,6 +23,7 @@ from genoflows.giab.query import ensure_indexed, variant_sites
 from genoflows.settings import get_settings
 from tasks.fetch import fetch_file, fetch_retry_options
 from tasks.runtime import log_lines, run_logger
+from tasks.tooling import where_tools_run  # shared with the GWAS step-2 task (gwas-batch, issue 12)
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
@@ -145,15 +143,6 @@ def prepare_query(staged: Path, sample_id: str, out_dir: Path) -> Path:
     name = re.sub(r"(\.g)?\.vcf\.gz$|\.gvcf\.gz$", "", staged.name)
     dst = Path(out_dir) / f"{name}.variants.vcf.gz"
     return variant_sites(staged, dst, sample_id=sample_id, log=log_lines(), provenance_dir=Path(out_dir).parent)
-
-
-@contextmanager
-def where_tools_run(batch: AwsBatch | None, tool_images: ToolImages | None) -> Iterator[None]:
-    """The flow's AWS Batch block and tool images, applied inside a task. On threads the task already sees the
-    flow's context; a Dask or Ray worker process does not (context variables and the flow's environment stay in
-    the flow's process), so fanned-out tasks take both blocks as parameters and apply them here."""
-    with tool_images.applied() if tool_images is not None else nullcontext(), batch_for(batch):
-        yield
 
 
 @task(cache_policy=NO_CACHE, task_run_name="benchmark small variants ({engine})")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from genoflows.batch import BatchPermanentError
 from genoflows.gwas import storage
 from genoflows.gwas.inputs import InputError, read_pred_list, write_pred_list
 from genoflows.gwas.manifest import SAFE_ID, Manifest, ManifestError, load_manifest
@@ -21,7 +23,11 @@ from genoflows.settings import get_settings
 from genoflows.toolrun import ToolError
 from genoflows.tools.regenie import Engine, RegenieInputs, resolve_engine
 from tasks.runtime import run_logger
-from tasks.tooling import run_logged
+from tasks.tooling import run_logged, where_tools_run
+
+if TYPE_CHECKING:
+    from blocks.aws_batch import AwsBatch
+    from blocks.tool_images import ToolImages
 
 
 @dataclass(frozen=True)
@@ -129,10 +135,12 @@ def _restore_step1(layout: RunLayout, step1_dir: Path, aws_credentials) -> None:
 
 
 def _retry_step2(task, task_run, state) -> bool:
-    """Retry a chromosome that died (killed, out of memory, crashed); not one regenie refused (exit 1)."""
+    """Retry a chromosome that died (killed, out of memory, crashed); not one regenie refused (exit 1), nor a
+    Batch job the executor calls permanent (regenie's own failure, out of memory, no such queue, access denied);
+    a Batch job whose host went away is retried."""
     try:
         state.result()
-    except (InputError, StepError):
+    except (InputError, StepError, BatchPermanentError):
         return False
     except ToolError as exc:
         return exc.returncode != 1
@@ -143,12 +151,20 @@ def _retry_step2(task, task_run, state) -> bool:
 
 @task(name="regenie-step2", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_step2,
       task_run_name="step2-{unit.key}")
-def step2(engine: Engine, inp: RegenieInputs, pred: Path, unit: Unit, layout: RunLayout, aws_credentials=None) -> dict:
-    """One chromosome (or --range chunk): its own task run, retried when it dies, skipped when already done."""
+def step2(engine: Engine, inp: RegenieInputs, pred: Path, unit: Unit, layout: RunLayout, aws_credentials=None,
+          batch: AwsBatch | None = None, tool_images: ToolImages | None = None) -> dict:
+    """One chromosome (or --range chunk): its own task run, retried when it dies, skipped when already done.
+
+    Runs on the fan-out runner, possibly in a Dask/Ray worker process that does not see the flow's context: the
+    flow's `batch` and `tool_images` blocks come as parameters and are applied here (tasks.tooling)."""
     step2_dir = layout.work / "step2"
     if layout.remote and not is_done(step2_dir, unit, inp.pheno_columns):
         _restore_unit(layout, unit, inp.pheno_columns, aws_credentials)
-    record = run_step2_unit(engine, inp, pred, unit, step2_dir, _runner(layout.work, _mounts(inp) + (pred.parent,)))
+    # The .loco files named inside the pred list are inputs too (mounted in an image, staged for a Batch job).
+    locos = tuple(Path(loco) for _, loco in read_pred_list(pred, str(pred)))
+    with where_tools_run(batch, tool_images):
+        record = run_step2_unit(engine, inp, pred, unit, step2_dir,
+                                _runner(layout.work, _mounts(inp) + (pred.parent, *locos)))
     if layout.remote and not record.get("skipped"):
         client = storage.client_for(aws_credentials)
         for path in [*unit_outputs(step2_dir, unit, inp.pheno_columns).values(), marker(step2_dir, unit)]:

@@ -152,21 +152,42 @@ def test_non_human_cohort_planted_signals_are_the_top_hits(env, tmp_path):
     assert merged == whole
 
 
-def test_step2_fan_out_on_a_dask_cluster_equals_the_thread_pool(env, tmp_path, monkeypatch):
-    """GENOFLOWS_TASK_RUNNER=dask: step 2's chromosome task runs execute in two Dask worker processes."""
-    from prefect.settings import PREFECT_API_URL
-
+@pytest.fixture(scope="module")
+def small_cohort(env, tmp_path_factory):
+    """The smallest cohort (300 samples, 4 x 150 variants), its manifest and its thread-pool run (the default
+    runner), which the Dask runs below must reproduce byte for byte."""
     from flows.gwas import gwas
-    from genoflows.settings import get_settings
 
-    cohort = make_cohort(tmp_path / "cohort", n_samples=300, variants_per_chrom=150)
+    root = tmp_path_factory.mktemp("small-cohort")
+    cohort = make_cohort(root / "cohort", n_samples=300, variants_per_chrom=150)
     manifest = {"experimentId": "fish", "s3Path": str(cohort.directory),
                 "inputData": {"format": "bed", "filePrefix": "cohort"},
                 "phenotype": {"file": "phenotype.txt", "columns": ["height"]},
                 "covariates": {"file": "covariates.txt"}, "traitType": "qt", "regenieOptions": {"--bsize": 100}}
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the Dask workers report to the same API
-    import tasks.runners
+    out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(root / "threads"), run_id="r1"))
+    merged = gzip.decompress((out / "height.regenie.gz").read_bytes())
+    assert merged.count(b"\n") > 4 * 100
+    return cohort, manifest, out, merged
 
+
+def _on_dask(monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from genoflows.settings import get_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the Dask workers report to the same API
+    monkeypatch.setenv("GENOFLOWS_TASK_RUNNER", "dask")
+    monkeypatch.setenv("GENOFLOWS_DASK_WORKERS", "2")
+    get_settings.cache_clear()
+
+
+def test_step2_fan_out_on_a_dask_cluster_equals_the_thread_pool(small_cohort, tmp_path, monkeypatch):
+    """GENOFLOWS_TASK_RUNNER=dask: step 2's chromosome task runs execute in two Dask worker processes."""
+    import tasks.runners
+    from flows.gwas import gwas
+    from genoflows.settings import get_settings
+
+    cohort, manifest, _, threads = small_cohort
     used = []  # plain data only: the flow (pickled into Dask's context) must not reach a live runner
     configured = tasks.runners.configured_task_runner
 
@@ -176,19 +197,67 @@ def test_step2_fan_out_on_a_dask_cluster_equals_the_thread_pool(env, tmp_path, m
         return runner
 
     monkeypatch.setattr(tasks.runners, "configured_task_runner", recording)
-    results = {}
-    for kind in ("threads", "dask"):
-        monkeypatch.setenv("GENOFLOWS_TASK_RUNNER", kind)
-        monkeypatch.setenv("GENOFLOWS_DASK_WORKERS", "2")
-        get_settings.cache_clear()
-        out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(tmp_path / kind), run_id="r1"))
-        results[kind] = gzip.decompress((out / "height.regenie.gz").read_bytes())
-        status = json.loads((out / "run.json").read_text())["chromosomes"]
-        assert {r["status"] for r in status} == {"done"} and len(status) == len(cohort.chromosomes)
+    _on_dask(monkeypatch)
+    out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(tmp_path / "dask"), run_id="r1"))
     get_settings.cache_clear()
+    status = json.loads((out / "run.json").read_text())["chromosomes"]
+    assert {r["status"] for r in status} == {"done"} and len(status) == len(cohort.chromosomes)
     assert used == [("DaskTaskRunner", {"n_workers": 2, "threads_per_worker": 1, "processes": True,
-                                        "dashboard_address": None})]  # threads: the bounded pool, no lookup
-    assert results["dask"] == results["threads"] and results["dask"].count(b"\n") > 4 * 100
+                                        "dashboard_address": None})]
+    assert gzip.decompress((out / "height.regenie.gz").read_bytes()) == threads
+
+
+def test_regenie_on_aws_batch_from_a_two_process_dask_cluster(small_cohort, moto_endpoint, tmp_path, monkeypatch):
+    """An AwsBatch block naming the built-in engine's tool (genoflows-regenie) sends every regenie call to AWS
+    Batch (moto + the local agent): step 1 from the flow, step 2 from the Dask worker processes, which do not
+    see the flow's context, so the block travels with each step-2 task. The results equal the thread pool's;
+    each step-2 job staged the .loco files its prediction list names."""
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.aws_batch import AwsBatch, BatchToolResources
+    from flows.gwas import gwas
+    from genoflows.gwas.inputs import read_pred_list
+    from genoflows.settings import get_settings
+    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.toolrun import read_provenance
+    from genoflows.tools.regenie import BUILTIN
+
+    cohort, manifest, _, threads = small_cohort
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    bucket = "gwas-batch-staging"
+    s3.create_bucket(Bucket=bucket)
+    create_queue(moto_endpoint)
+    batch = AwsBatch(
+        aws_credentials=AwsCredentials(region_name="us-east-1",
+                                       aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)),
+        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/jobs",
+        tools={BUILTIN: BatchToolResources(vcpus=1, memory_mib=2048)}, poll_initial_seconds=0.2,
+        poll_max_seconds=0.5,
+    )
+    _on_dask(monkeypatch)
+    with local_batch(moto_endpoint) as agent:
+        out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(tmp_path / "batch"), run_id="r1",
+                        batch=batch))
+    get_settings.cache_clear()
+    assert gzip.decompress((out / "height.regenie.gz").read_bytes()) == threads
+
+    calls = [r for r in read_provenance(out) if r["tool"] == BUILTIN]
+    steps = sorted(r["argv"][r["argv"].index("--step") + 1] for r in calls)
+    assert steps == ["1"] + ["2"] * len(cohort.chromosomes)
+    assert all(r["executor"] and r["executor"]["queue"] == "genoflows-tools" and r["executor"]["batch_job_id"]
+               for r in calls)  # every regenie call ran as a Batch job, none where a task ran
+    assert len(agent.submitted) == len(calls)
+    # step 1 came back with a prediction list naming its .loco files here, where step 2 read them from
+    pred = out / "step1" / "fit_pred.list"
+    locos = [loco for _, loco in read_pred_list(pred, str(pred))]
+    assert locos and all(Path(loco).parent == pred.parent and Path(loco).is_file() for loco in locos)
+    # each step-2 job's spec (the contract with the container) stages those .loco files beside the list
+    specs = [json.loads(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+             for o in s3.list_objects_v2(Bucket=bucket, Prefix="jobs/")["Contents"] if o["Key"].endswith("spec.json")]
+    step2_specs = [sp for sp in specs if "--pred" in sp["argv"]]
+    assert len(step2_specs) == len(cohort.chromosomes)
+    assert all({str(pred), *locos} <= set(sp["inputs"]) for sp in step2_specs)
 
 
 def _flow_runs(deployment_id):
