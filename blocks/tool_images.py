@@ -6,18 +6,14 @@ well-formed image references (no options, no paths); the tool runner checks agai
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
 from genoflows.images import check_image
-
-_ENV = ("GENOFLOWS_TOOL_IMAGES", "GENOFLOWS_CONTAINER_ENGINE")
+from genoflows.toolrun import images_applied
 
 
 class ToolImages(Block):
@@ -39,28 +35,8 @@ class ToolImages(Block):
             check_image(image, f"image for {tool}")
         return images
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        """Within the block the tool runner uses these images (it reads GENOFLOWS_TOOL_IMAGES and
-        GENOFLOWS_CONTAINER_ENGINE); the previous values come back afterwards, so nothing leaks into the
-        next flow run of a long-lived process."""
-        from genoflows.settings import get_settings
-
-        saved = {key: os.environ.get(key) for key in _ENV}
-        os.environ["GENOFLOWS_TOOL_IMAGES"] = json.dumps(self.images)
-        os.environ["GENOFLOWS_CONTAINER_ENGINE"] = self.engine
-        get_settings.cache_clear()
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            get_settings.cache_clear()
-
-
-def using_tool_images(block_name: str | None) -> AbstractContextManager[None]:
-    """The named ToolImages block applied, or nothing when no name is given."""
-    return ToolImages.load(block_name).applied() if block_name else nullcontext()
+    def applied(self) -> AbstractContextManager[None]:
+        """Within the block the tool runner uses these images and this engine, for the current context only
+        (the task run or flow run that applied it, and threads started from it): nothing leaks into another
+        task on the same worker or the next flow run of a long-lived process."""
+        return images_applied(self.images, self.engine)

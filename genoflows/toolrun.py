@@ -26,7 +26,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -97,9 +99,32 @@ def _tool_name(argv0: str) -> str:
     return Path(argv0).name
 
 
+# Images chosen by a ToolImages block for this context only: a contextvar, not os.environ, so two task runs
+# on one worker's threads (or two flow runs in one process) never see or undo each other's choice.
+_IMAGES: ContextVar[tuple[dict[str, str], str] | None] = ContextVar("genoflows_tool_images", default=None)
+
+
+@contextmanager
+def images_applied(images: Mapping[str, str], engine: str) -> Iterator[None]:
+    """Within the block, `images` (tool -> image) and `engine` replace the settings' for this context and the
+    threads/tasks started from it."""
+    token = _IMAGES.set((dict(images), engine))
+    try:
+        yield
+    finally:
+        _IMAGES.reset(token)
+
+
 def image_for(tool: str) -> str | None:
-    """The container image configured for `tool`, if any (settings.tool_images)."""
-    return get_settings().tool_images.get(tool)
+    """The container image configured for `tool`, if any (a ToolImages block applied here, else settings)."""
+    current = _IMAGES.get()
+    return (current[0] if current is not None else get_settings().tool_images).get(tool)
+
+
+def container_engine() -> str:
+    """docker or podman: the applied ToolImages block's engine, else settings.container_engine."""
+    current = _IMAGES.get()
+    return current[1] if current is not None else get_settings().container_engine
 
 
 def which(tool: str) -> str | None:
@@ -133,7 +158,7 @@ def container_argv(
     outputs belong to the caller. Engine and image are checked (allow-list, well-formed reference).
     `interactive` keeps the container's stdin attached (`-i`), for a pipeline stage that reads a pipe.
     """
-    engine = check_engine(get_settings().container_engine)
+    engine = check_engine(container_engine())
     check_image(image)
     wrapped = [engine, "run", "--rm", *(["-i"] if interactive else []), "--network", "bridge" if network else "none",
                "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", f"{os.getuid()}:{os.getgid()}"]

@@ -48,3 +48,38 @@ def test_tool_images_block_accepts_only_allowed_engines_and_image_references():
                 {"images": {"hap.py": "/usr/bin/evil"}}, {"images": {"../hap.py": "pkrusche/hap.py:v0.3.12"}}):
         with pytest.raises(ValidationError):
             ToolImages(**bad)
+
+
+def test_tool_images_applied_on_two_threads_stay_apart():
+    """Two task runs on one worker's threads apply different ToolImages blocks and overlap: each sees only its
+    own images and engine, and one leaving its block does not take the images from the other (a process-wide
+    environment variable did both)."""
+    import threading
+
+    from blocks.tool_images import ToolImages
+    from genoflows.toolrun import container_engine, image_for
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, list] = {"a": [], "b": []}
+
+    def run_a():
+        with ToolImages(images={"regenie": "registry.example/regenie:a"}, engine="docker").applied():
+            a_in.set()
+            b_in.wait(10)
+            seen["a"].append((image_for("regenie"), container_engine()))
+        a_out.set()
+
+    def run_b():
+        a_in.wait(10)
+        with ToolImages(images={"regenie": "registry.example/regenie:b"}, engine="podman").applied():
+            b_in.set()
+            a_out.wait(10)
+            seen["b"].append((image_for("regenie"), container_engine()))
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"a": [("registry.example/regenie:a", "docker")], "b": [("registry.example/regenie:b", "podman")]}
+    assert image_for("regenie") is None  # nothing left behind in this thread either

@@ -20,8 +20,7 @@ from genoflows.giab import compare
 from genoflows.giab.contigs import check_same_build, harmonise_inputs
 from genoflows.giab.query import check_vcf_file
 from genoflows.giab.regions import read_bed
-from genoflows.settings import get_settings
-from genoflows.toolrun import image_for, run_tool, which
+from genoflows.toolrun import container_engine, image_for, run_tool, which
 from genoflows.tools import happy
 
 Log = Callable[[str], None]
@@ -50,7 +49,7 @@ def happy_runnable() -> tuple[bool, str]:
     image = image_for(happy.TOOL)
     if image is None:
         return False, "hap.py is not on PATH and no container image is configured for it"
-    engine = get_settings().container_engine
+    engine = container_engine()
     found = which(engine)
     if found is None:
         return False, f"hap.py is configured as image {image} but the container engine {engine!r} is not installed"
