@@ -45,6 +45,8 @@ INDEX_SUFFIXES = (".tbi", ".csi", ".fai", ".gzi", ".bai", ".crai", ".bgi")  # .b
 class BatchError(RuntimeError):
     """A Batch job could not run or failed; the message names the job, queue and what to do."""
 
+    tail: tuple[str, ...] | list[str] = ()  # the job's last output lines, when it ran (set by the tool runner)
+
 
 class BatchPermanentError(BatchError):
     """Retrying will not help: missing queue/definition, access denied, out of memory, bad image, tool error."""

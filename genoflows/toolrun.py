@@ -557,8 +557,16 @@ def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mo
         if log is not None:
             log(line)
 
-    job = runner.run(tool, argv, cwd=cwd, env=env, log=forward if provenance_dir is not None else log, stop=stop,
-                     extra_inputs=[m for m in mounts if Path(m).is_file()])
+    try:
+        job = runner.run(tool, argv, cwd=cwd, env=env, log=forward, stop=stop,
+                         extra_inputs=[m for m in mounts if Path(m).is_file()])
+    except batch.BatchError as exc:  # the job's own last words in the error, its whole output in tools.log
+        exc.tail = [line for line in lines if line.strip()][-5:]
+        if exc.tail:
+            exc.args = (f"{exc.args[0]}; its last output: {exc.tail[-1].strip()}", *exc.args[1:])
+        if provenance_dir is not None and lines:
+            _write_batch_log(provenance_dir, tool, argv, started, "failed", lines)
+        raise
     record = ToolRun(
         tool=tool,
         version="batch",
@@ -571,18 +579,23 @@ def _run_on_batch(runner, tool, argv, *, cwd, env, log, stop, provenance_dir, mo
                   "job_definition": job.get("jobDefinition")},
     )
     if provenance_dir is not None:
-        part = _partial_log(provenance_dir)
-        try:
-            part.write("".join(f"{line}\n" for line in lines))
-            part.close()
-            header = f"### {started} {tool} batch exit {record.returncode}: {shlex.join(record.argv)}\n"
-            _, record.log_offset = _append_log(Path(provenance_dir) / TOOL_LOG, header, Path(part.name))
-            record.log, record.lines = TOOL_LOG, len(lines)
-        finally:
-            part.close()
-            Path(part.name).unlink(missing_ok=True)
+        record.log_offset = _write_batch_log(provenance_dir, tool, argv, started, f"exit {record.returncode}", lines)
+        record.log, record.lines = TOOL_LOG, len(lines)
         record_provenance(provenance_dir, record)
     return record
+
+
+def _write_batch_log(provenance_dir, tool: str, argv, started: str, how: str, lines: list[str]) -> int:
+    """A Batch job's output appended to tools.log as a local call's is; returns where its block starts."""
+    part = _partial_log(provenance_dir)
+    try:
+        part.write("".join(f"{line}\n" for line in lines))
+        part.close()
+        header = f"### {started} {tool} batch {how}: {shlex.join(list(argv))}\n"
+        return _append_log(Path(provenance_dir) / TOOL_LOG, header, Path(part.name))[1]
+    finally:
+        part.close()
+        Path(part.name).unlink(missing_ok=True)
 
 
 def summary_line(record: ToolRun, log_path: Path | None) -> str:

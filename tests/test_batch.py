@@ -99,10 +99,16 @@ def test_failed_job_names_exit_code_and_keeps_the_tool_output(batch_env, tmp_pat
     bad = tmp_path / "broken.vcf.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
     lines: list[str] = []
-    with use_batch(make_runner(endpoint, bucket)), pytest.raises(BatchPermanentError, match=r"exit code [1-9]"):
-        run_tool(["bcftools", "view", "-o", str(tmp_path / "o.vcf"), str(bad)], log=lines.append)
+    prov = tmp_path / "prov"
+    prov.mkdir()
+    with use_batch(make_runner(endpoint, bucket)), pytest.raises(BatchPermanentError, match=r"exit code [1-9]") as err:
+        run_tool(["bcftools", "view", "-o", str(tmp_path / "o.vcf"), str(bad)], log=lines.append, provenance_dir=prov)
     assert any("bcftools" in line and "@batch" in line for line in lines[1:]), lines
     assert not (tmp_path / "o.vcf").exists()
+    # The tool's own last words are in the error's first line (what a status table shows), all of it in tools.log.
+    assert err.value.tail and err.value.tail[-1].strip() in str(err.value).splitlines()[0]
+    log_text = (prov / "tools.log").read_text()
+    assert "bcftools batch failed" in log_text and err.value.tail[-1].strip() in log_text
 
 
 def test_out_of_memory_is_permanent_and_names_the_memory(batch_env, tmp_path):
