@@ -534,14 +534,10 @@ def test_small_and_sv_fan_out_on_a_two_process_dask_cluster_with_truvari_on_batc
     worker processes, with truvari sent to AWS Batch (moto + the local agent) by the flow's `batch` block, the
     run gives the thread pool's metrics.csv byte for byte; the block reaches the Dask workers (they do not see
     the flow's context), and truvari's inputs travel with their indexes."""
-    import boto3
     from prefect.settings import PREFECT_API_URL
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
 
     import flows.giab_benchmark as giab_flow
-    from blocks.aws_batch import AwsBatch, BatchToolResources
-    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.testing.batch_agent import batch_block, local_batch
     from genoflows.toolrun import read_provenance
 
     sid = world.sample_id(HG2)
@@ -564,16 +560,7 @@ def test_small_and_sv_fan_out_on_a_two_process_dask_cluster_with_truvari_on_batc
     monkeypatch.setenv("GENOFLOWS_TASK_RUNNER", "dask")
     monkeypatch.setenv("GENOFLOWS_DASK_WORKERS", "2")
     get_settings.cache_clear()
-    bucket = "giab-batch-staging"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    create_queue(moto_endpoint)
-    batch = AwsBatch(
-        aws_credentials=AwsCredentials(region_name="us-east-1",
-                                       aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)),
-        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/jobs",
-        tools={"truvari": BatchToolResources(vcpus=1, memory_mib=2048)}, poll_initial_seconds=0.2,
-        poll_max_seconds=0.5,
-    )
+    batch = batch_block(moto_endpoint, {"truvari": (1, 2048)}, poll=(0.2, 0.5))
     with local_batch(moto_endpoint) as agent:
         dask = _run(**params, out_dir=tmp_path / "dask", batch=batch)
     assert dask.is_completed(), dask

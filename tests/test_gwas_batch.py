@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
 from genoflows.testing.gwas_world import make_cohort
@@ -18,13 +17,10 @@ def test_step2_job_reads_the_prediction_list_and_its_loco_files_from_its_staged_
                                                                                        monkeypatch):
     """The step-2 task on Batch: the `_pred.list` names the `.loco` files by their paths on the flow's machine;
     the job gets them staged and the list pointed at its copies, and its results equal a local run's."""
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
 
-    from blocks.aws_batch import AwsBatch, BatchToolResources
     from genoflows.batch import BatchRunner
     from genoflows.gwas.plan import Unit
-    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.testing.batch_agent import batch_block, local_batch
     from genoflows.toolrun import read_provenance
     from genoflows.tools.regenie import BUILTIN, RegenieInputs, resolve_engine
     from tasks.gwas import RunLayout, step1, step2
@@ -39,16 +35,7 @@ def test_step2_job_reads_the_prediction_list_and_its_loco_files_from_its_staged_
     unit = Unit("2", "2", 0, 1, None, 120)
     step2.fn(engine, inp, pred, unit, local)  # the reference: the same call where the task runs
 
-    bucket = "gwas-step2-staging"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    create_queue(moto_endpoint)
-    batch = AwsBatch(
-        aws_credentials=AwsCredentials(region_name="us-east-1",
-                                       aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)),
-        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/jobs",
-        tools={BUILTIN: BatchToolResources(vcpus=1, memory_mib=2048)}, poll_initial_seconds=0.1,
-        poll_max_seconds=0.3,
-    )
+    batch = batch_block(moto_endpoint, {BUILTIN: (1, 2048)}, poll=(0.1, 0.3))
     away = tmp_path / "away"
     submit, download = BatchRunner.submit, BatchRunner._download_outputs
 

@@ -212,29 +212,18 @@ def test_regenie_on_aws_batch_from_a_two_process_dask_cluster(small_cohort, moto
     Batch (moto + the local agent): step 1 from the flow, step 2 from the Dask worker processes, which do not
     see the flow's context, so the block travels with each step-2 task. The results equal the thread pool's;
     each step-2 job staged the .loco files its prediction list names."""
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
 
-    from blocks.aws_batch import AwsBatch, BatchToolResources
     from flows.gwas import gwas
     from genoflows.gwas.inputs import read_pred_list
     from genoflows.settings import get_settings
-    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.testing.batch_agent import batch_block, local_batch
     from genoflows.toolrun import read_provenance
     from genoflows.tools.regenie import BUILTIN
 
     cohort, manifest, _, threads = small_cohort
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = "gwas-batch-staging"
-    s3.create_bucket(Bucket=bucket)
-    create_queue(moto_endpoint)
-    batch = AwsBatch(
-        aws_credentials=AwsCredentials(region_name="us-east-1",
-                                       aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)),
-        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/jobs",
-        tools={BUILTIN: BatchToolResources(vcpus=1, memory_mib=2048)}, poll_initial_seconds=0.2,
-        poll_max_seconds=0.5,
-    )
+    batch = batch_block(moto_endpoint, {BUILTIN: (1, 2048)}, bucket=bucket, poll=(0.2, 0.5))
     _on_dask(monkeypatch)
     with local_batch(moto_endpoint) as agent:
         out = Path(gwas(manifest=manifest, engine="builtin", out_dir=str(tmp_path / "batch"), run_id="r1",

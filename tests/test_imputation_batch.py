@@ -4,19 +4,15 @@ moto in server mode, executed by the local agent, its files staged through S3; t
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import boto3
 import pysam
 import pytest
-from prefect_aws import AwsCredentials
-from prefect_aws.client_parameters import AwsClientParameters
 
-from blocks.aws_batch import AwsBatch, BatchToolResources
 from flows.imputation import impute
 from genoflows.imputation.simulate import make_cohort
-from genoflows.testing.batch_agent import create_queue, local_batch
+from genoflows.testing.batch_agent import batch_block, local_batch
 from genoflows.toolrun import read_provenance
 
 pytestmark = pytest.mark.slow
@@ -26,23 +22,11 @@ def test_minimac4_per_chromosome_runs_on_batch(
     prefect_harness, settings_env, moto_endpoint, monkeypatch, tmp_path
 ):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # what the job's container talks to
-    bucket = f"imp-staging-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    create_queue(moto_endpoint)
     cohort = make_cohort(
         tmp_path / "c", chroms=("20",), panel_size=80, study_size=20, length=150_000, seed=11
     )
-    block = AwsBatch(
-        aws_credentials=AwsCredentials(
-            region_name="us-east-1", aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)
-        ),
-        job_queue="genoflows-tools",
-        job_definition="genoflows-tool",
-        staging_uri=f"s3://{bucket}/imputation",
-        tools={"minimac4": BatchToolResources(vcpus=2, memory_mib=4096)},
-        poll_initial_seconds=0.05,
-        poll_max_seconds=0.3,
-    )
+    block = batch_block(moto_endpoint, {"minimac4": (2, 4096)}, prefix="imputation", poll=(0.05, 0.3))
+    bucket = block.staging_uri.split("/")[2]
     with local_batch(moto_endpoint) as agent:
         manifest = Path(
             impute(

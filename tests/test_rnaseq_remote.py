@@ -244,24 +244,15 @@ def test_kallisto_runs_as_batch_jobs_with_the_batch_block(prefect_harness, world
                                                            monkeypatch):  # fmt: skip
     """With an AwsBatch block listing kallisto, the index build and the quantification (called from the stream's
     worker threads) are Batch jobs, run by the local agent; the result is the one kallisto gives here."""
-    from prefect_aws import AwsClientParameters, AwsCredentials
 
-    from blocks.aws_batch import AwsBatch, BatchToolResources
     from flows.rnaseq_quant import rnaseq_quant
-    from genoflows.testing.batch_agent import create_queue, local_batch
+    from genoflows.testing.batch_agent import batch_block, local_batch
     from genoflows.toolrun import read_provenance, run_tool
     from genoflows.tools.kallisto import quant_argv, read_abundance
 
     root, server, _ = world
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the job's container talks to moto
-    bucket = f"staging-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    create_queue(moto_endpoint)
-    creds = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
-                           aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint))  # fmt: skip
-    block = AwsBatch(aws_credentials=creds, job_queue="genoflows-tools", job_definition="genoflows-tool",
-                     staging_uri=f"s3://{bucket}/jobs", tools={"kallisto": BatchToolResources(vcpus=1, memory_mib=2048)},
-                     poll_initial_seconds=0.05, poll_max_seconds=0.3)  # fmt: skip
+    block = batch_block(moto_endpoint, {"kallisto": (1, 2048)}, poll=(0.05, 0.3))
     block.save(f"rnaseq-batch-{time.monotonic_ns()}")
     base = task_env("batch")
     p = {"metadata": ["SRR7000001"], "species": SPECIES, "transcriptome": str(root / "transcripts.fa"),

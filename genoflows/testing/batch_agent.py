@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -160,4 +160,28 @@ def create_queue(endpoint: str, *, queue: str = "genoflows-tools", definition: s
         containerProperties={"image": image, "command": ["python", "-m", "genoflows.batch_entry"],
                              "resourceRequirements": [{"type": "VCPU", "value": "1"},
                                                       {"type": "MEMORY", "value": "2048"}]},
+    )
+
+
+def batch_block(endpoint: str, tools: Mapping[str, tuple[int, int]], *, bucket: str | None = None,
+                prefix: str = "jobs", poll: tuple[float, float] = (0.1, 0.5)):
+    """An AwsBatch block on the moto server, with its staging bucket, queue and job definition created: the
+    tests' one way to send `tools` (name -> (vCPUs, memory MiB)) to Batch."""
+    import uuid
+
+    import boto3
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.aws_batch import AwsBatch, BatchToolResources
+
+    bucket = bucket or f"batch-staging-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    create_queue(endpoint)
+    return AwsBatch(
+        aws_credentials=AwsCredentials(region_name="us-east-1",
+                                       aws_client_parameters=AwsClientParameters(endpoint_url=endpoint)),
+        job_queue="genoflows-tools", job_definition="genoflows-tool", staging_uri=f"s3://{bucket}/{prefix}",
+        tools={name: BatchToolResources(vcpus=v, memory_mib=m) for name, (v, m) in tools.items()},
+        poll_initial_seconds=poll[0], poll_max_seconds=poll[1],
     )
