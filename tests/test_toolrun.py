@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,21 +121,28 @@ def test_container_engine_and_image_are_checked(engine, tmp_path):
             container_argv(image, ["hap.py"], [], tmp_path)
 
 
-def test_a_tool_in_a_container_really_runs_there(engine, monkeypatch, tmp_path):
-    """Through a stand-in engine on PATH that records what it was asked to run, then runs the tool."""
+def _stand_in_podman(tmp_path: Path, monkeypatch, record: str) -> Path:
+    """A stand-in `podman` on PATH that appends `record` (a Python expression over sys.argv) to calls.txt and then
+    runs the tool named after the image busybox-image:1; returns calls.txt."""
     import stat
-
-    from genoflows.settings import get_settings
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
     calls = tmp_path / "calls.txt"
     fake = bindir / "podman"
-    fake.write_text(f"#!{sys.executable}\nimport os, sys\nopen({str(calls)!r}, 'a').write(' '.join(sys.argv) + '\\n')\n"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys\nopen({str(calls)!r}, 'a').write({record} + '\\n')\n"
                     "args = sys.argv[1:]\nos.execvp(args[args.index('busybox-image:1') + 1], "
                     "args[args.index('busybox-image:1') + 1:])\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_a_tool_in_a_container_really_runs_there(engine, monkeypatch, tmp_path):
+    """Through a stand-in engine on PATH that records what it was asked to run, then runs the tool."""
+    from genoflows.settings import get_settings
+
+    calls = _stand_in_podman(tmp_path, monkeypatch, "' '.join(sys.argv)")
     monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", '{"echo": "busybox-image:1"}')
     engine("podman")
     try:
@@ -282,20 +290,10 @@ REVERSE = ("import sys\nsrc = sys.stdin if sys.argv[1] == '-' else open(sys.argv
 
 def test_each_stage_runs_in_its_own_container_connected_by_pipes(engine, monkeypatch, tmp_path):
     """A stand-in engine on PATH records its argv and runs the tool: the reading stage gets `-i`, data flows."""
-    import stat
-
     from genoflows.settings import get_settings
     from genoflows.toolrun import PIPE_IN, PIPE_OUT, run_pipeline
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake = bindir / "podman"
-    fake.write_text(f"#!{sys.executable}\nimport os, sys\nopen({str(calls)!r}, 'a').write(repr(sys.argv[1:]) + '\\n')\n"
-                    "args = sys.argv[1:]\nos.execvp(args[args.index('busybox-image:1') + 1], "
-                    "args[args.index('busybox-image:1') + 1:])\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    calls = _stand_in_podman(tmp_path, monkeypatch, "repr(sys.argv[1:])")
     monkeypatch.setenv("GENOFLOWS_TOOL_IMAGES", json.dumps({os.path.basename(sys.executable): "busybox-image:1"}))
     engine("podman")
     out = tmp_path / "work" / "reversed.txt"
