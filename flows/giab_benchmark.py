@@ -134,7 +134,9 @@ def giab_benchmark(
             return done_uri
         done = runs.finished(sample_dir, key)
         if done is not None and remote_out is not None:  # finished here, not uploaded (a killed task): upload it
-            return _s3_task(upload_run)(done, remote_out, sample_id, key, aws_credentials)
+            metrics_uri = _s3_task(upload_run)(done, remote_out, sample_id, key, aws_credentials)
+            s3_publish.drop_scratch(done)
+            return metrics_uri
         if done is not None:
             logger.info("%s is up to date: run %s has the same inputs, truth and engine; nothing to do", sample_id,
                         done)

@@ -595,8 +595,9 @@ def test_small_and_sv_fan_out_on_a_two_process_dask_cluster_with_truvari_on_batc
 def test_an_s3_out_dir_gets_the_run_and_a_fresh_machine_finds_it_up_to_date(prefect_harness, env, world, mirror,
                                                                             lab_bucket, moto_endpoint, tmp_path,
                                                                             monkeypatch):
-    """out_dir on s3:// (an ECS task): computed in scratch, uploaded verified with the manifest last; the same
-    inputs from a fresh data/reference dir are up to date before any download, and S3 is left untouched."""
+    """out_dir on s3:// (an ECS task): computed in scratch, uploaded verified with the manifest last (a refused
+    upload fails the run and the next run uploads the finished scratch run); the same inputs from a fresh
+    data/reference dir are up to date before any download, and S3 is left untouched."""
     import hashlib
 
     from genoflows.giab.publish import MANIFEST
@@ -609,8 +610,19 @@ def test_an_s3_out_dir_gets_the_run_and_a_fresh_machine_finds_it_up_to_date(pref
         listed = s3.list_objects_v2(Bucket="giab-results", Prefix="lab/giab/").get("Contents", [])
         return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
 
+    from genoflows.fetch import PermanentFetchError
+    from genoflows.giab.publish import RemoteRun
+
+    def refused(self, run_dir, key):
+        raise PermanentFetchError("s3://giab-results: access denied (test)")
+
+    with monkeypatch.context() as mp:  # computed, then the upload is refused: the run fails, S3 has nothing
+        mp.setattr(RemoteRun, "upload", refused)
+        failed = _run(sample_id=sid, source=lab_bucket, out_dir=out, engine="bcftools")
+    assert failed.is_failed() and "access denied" in str(failed.message) and objects() == {}
     state = _run(sample_id=sid, source=lab_bucket, out_dir=out, engine="bcftools")
     assert state.is_completed(), state
+    assert not any(t.name.startswith("benchmark") for t in _flow_run(state)[1])  # the scratch run went up as is
     metrics_uri = state.result()
     assert metrics_uri.startswith(f"{out}/{sid}/run-") and metrics_uri.endswith("/metrics.csv")
     prefix = metrics_uri[len("s3://giab-results/"):].rsplit("/", 1)[0]
