@@ -6,6 +6,8 @@
 Each run lands in its own `<out_dir>/<sample_id>/run-<key>/` (key: input versions, truth, engine, build): the staged
 input, each engine's own files, `metrics.csv` (long format), `provenance.jsonl` and `run.json`. Finished runs are
 never overwritten: the same inputs again are reported up to date, a changed input gets a new run directory.
+An `s3://` out_dir: the run is computed in a local scratch directory, then published to the same layout on S3
+with a manifest written last (genoflows/giab/publish.py); a rerun looks for that manifest before any download.
 Unknown samples without `truth`, and SV requests with no truth set, fail before any download.
 
 With both variant types the small-variant and the SV comparison run at the same time, on the configured task
@@ -27,19 +29,23 @@ from pydantic import BaseModel, Field
 from blocks.aws_batch import AwsBatch, batch_for
 from blocks.tool_images import ToolImages
 from genoflows.giab import catalogue, runs, small
+from genoflows.giab import publish as s3_publish
 from genoflows.giab.samples import check_safe_name, find_genome, resolve_genome
 from genoflows.settings import get_settings
 from tasks.giab import (
     benchmark_small,
     benchmark_sv,
     ensure_references,
+    finished_on_s3,
     locate_inputs,
     prepare_query,
     publish,
     stage_query,
+    upload_run,
     write_metrics,
 )
 from tasks.runners import fan_out_runner
+from tasks.runtime import transient_retry_options
 
 
 class TruthSet(BaseModel):
@@ -78,12 +84,12 @@ def giab_benchmark(
     variant_types: list[Literal["small", "sv"]] = ["small"],  # noqa: B006 - Prefect copies parameters per run
     engine: Literal["auto", "happy", "bcftools"] = "auto",
     truth: TruthSet | None = None,
-    out_dir: Path | None = None,
+    out_dir: str | Path | None = None,
     aws_credentials: AwsCredentials | None = None,
     tool_images: ToolImages | None = None,
     batch: AwsBatch | None = None,
-) -> Path:
-    """Benchmark one sample's calls against its truth set; returns the path of metrics.csv.
+) -> Path | str:
+    """Benchmark one sample's calls against its truth set; returns the path (s3:// URI) of metrics.csv.
 
     Args:
         sample_id: The lab's sample id, e.g. NA24143_Lib3_Rep1 (-> HG004); NA and HG ids, any suffix. Letters,
@@ -96,14 +102,19 @@ def giab_benchmark(
         engine: auto = hap.py when it can run here (on PATH, or an image with a working container engine), else
             the local bcftools engine; the run log says which and why.
         truth: Your own truth VCF + BED (URIs), for samples that are not GIAB.
-        out_dir: Results root; each run writes <out_dir>/<sample_id>/run-<key>/ (default <data_dir>/giab). A rerun
-            with the same inputs, truth and engine finds its finished run and does nothing.
+        out_dir: Results root, a directory or an s3://bucket/prefix; each run writes <out_dir>/<sample_id>/run-<key>/
+            (default <data_dir>/giab). A rerun with the same inputs, truth and engine finds its finished run and does
+            nothing. With s3:// the run is computed in local scratch and uploaded, its manifest last (on ECS).
         aws_credentials: A prefect-aws AwsCredentials block for s3:// URIs (default: the environment's).
         tool_images: A ToolImages block (e.g. hap.py in its official image).
         batch: An AwsBatch block: the tools it lists (e.g. truvari, hap.py) run as AWS Batch jobs.
     """
     hg = check_request(sample_id, build, list(variant_types), truth, file)
-    sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
+    remote_out = str(out_dir).rstrip("/") if s3_publish.is_remote(out_dir) else None
+    if remote_out is not None:
+        sample_dir = s3_publish.scratch_dir(remote_out, get_settings().data_dir) / sample_id
+    else:
+        sample_dir = Path(out_dir or get_settings().data_dir / "giab") / sample_id
     logger = get_run_logger()
     with tool_images.applied() if tool_images is not None else nullcontext(), batch_for(batch):
         inputs = locate_inputs(source, sample_id, list(variant_types), file, aws_credentials)
@@ -116,7 +127,16 @@ def giab_benchmark(
             truth.bed if truth else None,
         )
         key = runs.run_key(identity)
+        if remote_out is not None and (done_uri := _s3_task(finished_on_s3)(remote_out, sample_id, key,
+                                                                          aws_credentials)):
+            logger.info("%s is up to date: run %s on S3 has the same inputs, truth and engine; nothing to do",
+                        sample_id, done_uri.rsplit("/", 1)[0])
+            return done_uri
         done = runs.finished(sample_dir, key)
+        if done is not None and remote_out is not None:  # finished here, not uploaded (a killed task): upload it
+            metrics_uri = _s3_task(upload_run)(done, remote_out, sample_id, key, aws_credentials)
+            s3_publish.drop_scratch(done)
+            return metrics_uri
         if done is not None:
             logger.info("%s is up to date: run %s has the same inputs, truth and engine; nothing to do", sample_id,
                         done)
@@ -143,9 +163,23 @@ def giab_benchmark(
             runs.discard(run)
             raise
         final = runs.finish(run, sample_dir, key, identity)
+    if remote_out is not None:
+        metrics_uri = _s3_task(upload_run)(final, remote_out, sample_id, key, aws_credentials)
+        publish(sample_id, hg or "custom", build, final, rows, where=metrics_uri.rsplit("/", 1)[0])
+        s3_publish.drop_scratch(final)  # on S3 now; a process worker's disk does not fill with scratch runs
+        logger.info("%s benchmarked: %s", sample_id, metrics_uri)
+        return metrics_uri
     publish(sample_id, hg or "custom", build, final, rows)
     logger.info("%s benchmarked: %s", sample_id, final)
     return final / "metrics.csv"
+
+
+def _s3_task(t):
+    """An S3 task of the flow under the project's retry policy (not retried: a permanent S3 error, a bad
+    manifest)."""
+    from genoflows.fetch import PermanentFetchError
+
+    return t.with_options(**transient_retry_options(PermanentFetchError))
 
 
 def compare_concurrently(comparisons: dict, batch: AwsBatch | None, tool_images: ToolImages | None) -> dict:

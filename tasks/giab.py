@@ -198,7 +198,7 @@ def write_metrics(
 
 
 @task(cache_policy=NO_CACHE, task_run_name="publish metrics of {sample_id}")
-def publish(sample_id: str, genome: str, build: str, run_dir: Path, rows: list[dict]) -> None:
+def publish(sample_id: str, genome: str, build: str, run_dir: Path, rows: list[dict], where: str | None = None) -> None:
     """A table artifact of the headline metrics and a markdown artifact listing the finished run's files."""
     run_dir = Path(run_dir)
     key = slug(sample_id)
@@ -212,7 +212,33 @@ def publish(sample_id: str, genome: str, build: str, run_dir: Path, rows: list[d
     listing = "\n".join(f"| `{p.relative_to(run_dir)}` | {p.stat().st_size:,} |" for p in files)
     create_markdown_artifact(
         key=f"giab-{key}-files",
-        markdown=f"# GIAB benchmark outputs of {sample_id}\n\nUnder `{run_dir.resolve()}`:\n\n| file | bytes |\n|---|---|\n"
+        markdown=f"# GIAB benchmark outputs of {sample_id}\n\nUnder `{where or run_dir.resolve()}`:\n\n| file | bytes |\n|---|---|\n"
         f"{listing}\n",
         description=f"Files written for {sample_id}",
     )
+
+
+# An s3:// out_dir (ecs-all, issue 12): the domain code is genoflows/giab/publish.py; these tasks run it under the
+# project's retry policy (`transient_retry_options`, applied by the flow at call time) with the lab's credentials.
+@task(cache_policy=NO_CACHE, task_run_name="look for run {key} of {sample_id} on S3")
+def finished_on_s3(out_uri: str, sample_id: str, key: str, aws_credentials: AwsCredentials | None = None) -> str | None:
+    """The s3:// URI of the finished run's metrics.csv when the run key's manifest is on S3, else None."""
+    from genoflows.giab.publish import RemoteRun
+
+    remote = RemoteRun.of(out_uri, sample_id, key, s3_client(None, aws_credentials))
+    return remote.metrics_uri() if remote.finished() is not None else None
+
+
+@task(cache_policy=NO_CACHE, task_run_name="upload run {key} of {sample_id} to S3")
+def upload_run(run_dir: Path, out_uri: str, sample_id: str, key: str,
+               aws_credentials: AwsCredentials | None = None) -> str:
+    """Publish the finished local run directory under `<out_uri>/<sample_id>/run-<key>/` (verified files, then
+    the manifest, only if absent); the s3:// URI of its metrics.csv."""
+    from genoflows.giab.publish import RemoteRun
+
+    remote = RemoteRun.of(out_uri, sample_id, key, s3_client(None, aws_credentials))
+    manifest, wrote = remote.upload(Path(run_dir), key)
+    n, size = len(manifest["files"]), sum(f["size"] for f in manifest["files"].values())
+    run_logger().info("%s: %s", remote.uri, f"uploaded {n} files ({size:,} bytes), manifest last" if wrote else
+                      "a run with the same key finished on S3 first; it stands, nothing was overwritten")
+    return remote.metrics_uri()

@@ -160,3 +160,20 @@ def test_rnaseq_on_ecs_keeps_its_state_on_s3():
         assert "out_dir" in _schema(dep["entrypoint"])["properties"], dep["name"]
         assert str(dep["parameters"].get("out_dir", "")).startswith("s3://"), dep["name"]
         assert dep.get("concurrency_limit") == 1, dep["name"]
+
+
+def test_every_flow_runs_on_ecs_and_its_results_go_to_s3():
+    """Every flow entrypoint has an ECS deployment, and every ECS deployment whose flow takes an `out_dir` (it
+    writes results, or - the watcher - passes one to the runs it starts) defaults it to an s3:// prefix: an ECS
+    task's disk is gone when the task ends. The flow's own schema decides which flows write results."""
+    ecs = [d for d in _deployments() if d["work_pool"]["name"] == "genoflows-ecs"]
+    missing = {d["entrypoint"] for d in _deployments()} - {d["entrypoint"] for d in ecs}
+    assert missing == set(), f"flows without an ECS deployment: {sorted(missing)}"
+    writers = [d for d in ecs if "out_dir" in _schema(d["entrypoint"])["properties"]]
+    assert {d["entrypoint"].split(":")[1] for d in writers} >= {"giab_benchmark", "rnaseq_quant", "gwas", "impute"}
+    local = [d["name"] for d in writers if not str((d.get("parameters") or {}).get("out_dir", "")).startswith("s3://")]
+    assert local == [], f"ECS deployments whose results would vanish with the task: {local}"
+    for dep in ecs:  # a watcher on ECS starts the ECS gwas deployment, not the process one
+        if (target := (dep.get("parameters") or {}).get("deployment")) is not None:
+            started = next(d for d in _deployments() if f"{d['entrypoint'].split(':')[1]}/{d['name']}" == target)
+            assert started["work_pool"]["name"] == "genoflows-ecs", dep["name"]

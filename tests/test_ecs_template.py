@@ -85,6 +85,21 @@ def test_the_template_keeps_every_setting_prefect_aws_knows():
 def test_there_are_ecs_deployments():
     names = {d["entrypoint"] for d in ecs_deployments()}
     assert "flows/rnaseq_quant.py:rnaseq_multi_species" in names
+    assert len(names) >= 8  # every flow (test_deployments.py checks that against prefect.yaml's entrypoints)
+
+
+def fargate_accepts(cpu: int, memory: int) -> bool:
+    """The task sizes Fargate accepts (CPU units -> MiB), as listed in the ECS developer guide."""
+    gib = 1024
+    sizes = {256: [512, 1024, 2048], 512: range(1 * gib, 4 * gib + 1, gib), 1024: range(2 * gib, 8 * gib + 1, gib),
+             2048: range(4 * gib, 16 * gib + 1, gib), 4096: range(8 * gib, 30 * gib + 1, gib),
+             8192: range(16 * gib, 60 * gib + 1, 4 * gib), 16384: range(32 * gib, 120 * gib + 1, 8 * gib)}
+    return memory in sizes.get(cpu, ())
+
+
+def test_fargate_sizes_are_checked():
+    assert fargate_accepts(4096, 30720) and fargate_accepts(512, 2048)
+    assert not fargate_accepts(4096, 32768) and not fargate_accepts(1000, 4096) and not fargate_accepts(8192, 18432)
 
 
 @pytest.mark.parametrize("deployment", ecs_deployments(), ids=lambda d: d["name"])
@@ -97,7 +112,8 @@ def test_each_ecs_deployment_renders_a_task_definition(deployment):
     assert task_definition["executionRoleArn"] == ENV["GENOFLOWS_ECS_EXECUTION_ROLE_ARN"]
     assert config.task_run_request["overrides"]["taskRoleArn"] == ENV["GENOFLOWS_ECS_TASK_ROLE_ARN"]
     assert task_definition["requiresCompatibilities"] == ["FARGATE"] and task_definition["networkMode"] == "awsvpc"
-    assert int(task_definition["cpu"]) >= 1024 and int(task_definition["memory"]) >= 4096
+    cpu, memory = int(task_definition["cpu"]), int(task_definition["memory"])
+    assert fargate_accepts(cpu, memory), f"Fargate has no {cpu} CPU / {memory} MiB task size"
     logs = container["logConfiguration"]
     assert logs["logDriver"] == "awslogs" and logs["options"]["awslogs-stream-prefix"] == "genoflows"
     env = config.env

@@ -577,3 +577,59 @@ def test_small_and_sv_fan_out_on_a_two_process_dask_cluster_with_truvari_on_batc
     assert {r["tool"] for r in records} - {"truvari"} and not any(
         r.get("executor") for r in records if r["tool"] != "truvari")
     assert not any(r.get("executor") for r in read_provenance(a.parent))
+
+
+def test_an_s3_out_dir_gets_the_run_and_a_fresh_machine_finds_it_up_to_date(prefect_harness, env, world, mirror,
+                                                                            lab_bucket, moto_endpoint, tmp_path,
+                                                                            monkeypatch):
+    """out_dir on s3:// (an ECS task): computed in scratch, uploaded verified with the manifest last (a refused
+    upload fails the run and the next run uploads the finished scratch run); the same inputs from a fresh
+    data/reference dir are up to date before any download, and S3 is left untouched."""
+    import hashlib
+
+    from genoflows.giab.publish import MANIFEST
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="giab-results")
+    sid, out = world.sample_id(HG4), "s3://giab-results/lab/giab"
+
+    def objects() -> dict[str, tuple[str, object]]:
+        listed = s3.list_objects_v2(Bucket="giab-results", Prefix="lab/giab/").get("Contents", [])
+        return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
+
+    from genoflows.fetch import PermanentFetchError
+    from genoflows.giab.publish import RemoteRun
+
+    def refused(self, run_dir, key):
+        raise PermanentFetchError("s3://giab-results: access denied (test)")
+
+    with monkeypatch.context() as mp:  # computed, then the upload is refused: the run fails, S3 has nothing
+        mp.setattr(RemoteRun, "upload", refused)
+        failed = _run(sample_id=sid, source=lab_bucket, out_dir=out, engine="bcftools")
+    assert failed.is_failed() and "access denied" in str(failed.message) and objects() == {}
+    state = _run(sample_id=sid, source=lab_bucket, out_dir=out, engine="bcftools")
+    assert state.is_completed(), state
+    assert not any(t.name.startswith("benchmark") for t in _flow_run(state)[1])  # the scratch run went up as is
+    metrics_uri = state.result()
+    assert metrics_uri.startswith(f"{out}/{sid}/run-") and metrics_uri.endswith("/metrics.csv")
+    prefix = metrics_uri[len("s3://giab-results/"):].rsplit("/", 1)[0]
+    stored = objects()
+    manifest = json.loads(s3.get_object(Bucket="giab-results", Key=f"{prefix}/{MANIFEST}")["Body"].read())
+    assert {"metrics.csv", "run.json", "provenance.jsonl", "bcftools/summary.csv"} <= set(manifest["files"])
+    assert set(stored) == {f"{prefix}/{rel}" for rel in manifest["files"]} | {f"{prefix}/{MANIFEST}"}
+    local = tmp_path / "metrics.csv"
+    s3.download_file("giab-results", f"{prefix}/metrics.csv", str(local))
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == manifest["files"]["metrics.csv"]["sha256"]
+    _assert_small_metrics(_metrics(local), world.genomes[HG4].expected)
+    assert not list((env.data_dir / "giab-scratch").rglob("run-*"))  # the scratch copy went once uploaded
+
+    for name in ("data", "reference", "cache"):  # a fresh task: nothing of the first run on its disk
+        monkeypatch.setenv(f"GENOFLOWS_{name.upper()}_DIR", str(tmp_path / f"fresh-{name}"))
+    get_settings.cache_clear()
+    before = len(mirror.requests)
+    again = _run(sample_id=sid, source=lab_bucket, out_dir=out, engine="bcftools")
+    assert again.is_completed(), again
+    assert again.result() == metrics_uri
+    assert len(mirror.requests) == before  # up to date before any reference download
+    assert objects() == stored  # same keys, ETags and LastModified: nothing on S3 was written again
+    assert not (tmp_path / "fresh-reference").exists() or not any((tmp_path / "fresh-reference").rglob("*.fa*"))
