@@ -26,13 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from genoflows.fetch import TransientFetchError, classify_s3_error, split_s3_uri
-from genoflows.rnaseq.remote_state import MANIFEST, RemoteStateError, join, put_file, read_json
+from genoflows.remote import MANIFEST, RemoteStateError, is_remote, join, put_file, read_json
 
 __all__ = ["MANIFEST", "RemoteRun", "drop_scratch", "is_remote", "published_files", "scratch_dir"]
-
-
-def is_remote(out_dir: str | Path | None) -> bool:
-    return str(out_dir or "").startswith("s3://")
 
 
 def scratch_dir(out_uri: str, data_dir: Path) -> Path:

@@ -27,13 +27,11 @@ tasks/rnaseq.py.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +40,23 @@ from genoflows.fetch import (
     ChecksumMismatch,
     ContentMismatch,
     PermanentFetchError,
-    TransientFetchError,
     fetch,
     split_s3_uri,
 )
-from genoflows.files import safe_name
+from genoflows.files import safe_name, temp_path
+from genoflows.remote import (  # noqa: F401 - MANIFEST, join, read_json, RemoteStateError: this module's API too
+    MANIFEST,
+    RemoteStateError,
+    StateUnwritable,
+    is_missing,
+    is_remote,
+    join,
+    put_file,
+    put_json,
+    read_json,
+)
 from genoflows.rnaseq.stages import SpeciesDirs
 
-MANIFEST = ".genoflows-done.json"
 #: What the merge needs of a finished run; the rest (logs, provenance) stays on S3 only.
 RESTORED = ("abundance.tsv", "run_info.json")
 SPECIES_FILES = ("metadata.tsv", "failed.tsv")
@@ -58,22 +65,6 @@ RECORDS_PATHS = ("run_info.json", "provenance.jsonl", "tools.log")
 INDEX_MANIFEST = "index.json"
 RESTORE_THREADS = 16
 KALLISTO_INDEX_VERSION = 10  # kallisto 0.46-0.48 write this as the index file's first 8 bytes
-
-
-class RemoteStateError(PermanentFetchError):
-    """The S3 state is not what it must be (the message names the object and what to do); retrying cannot help."""
-
-
-class StateUnwritable(RemoteStateError):
-    """S3 refuses to store a run for a reason every run shares (access denied, no such bucket)."""
-
-
-def is_remote(uri: str | Path | None) -> bool:
-    return str(uri or "").startswith("s3://")
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def scratch_root(out_uri: str, data_dir: Path) -> Path:
@@ -85,97 +76,15 @@ def default_index_cache(out_uri: str) -> str:
     return join(out_uri, "kallisto-index-cache")
 
 
-def _sha256_md5(path: Path) -> tuple[str, str, int]:
-    s, m = hashlib.sha256(), hashlib.md5()  # noqa: S324 - Content-MD5 is what S3 checks an upload against
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            s.update(chunk)
-            m.update(chunk)
-    return s.hexdigest(), base64.b64encode(m.digest()).decode(), path.stat().st_size
-
-
-def _is_missing(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and (
-        exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
-        or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
-    )
-
-
-def _precondition_failed(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and (
-        exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
-        or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
-    )
-
-
-def put_file(client, path: Path, uri: str, *, only_new: bool = False) -> dict:
-    """Upload one file; S3 checks the body against Content-MD5 (single PUT) or per part (large files), and the
-    stored size is checked. `only_new`: If-None-Match *, so an existing object is never replaced (FileExistsError)."""
-    bucket, key = split_s3_uri(uri)
-    sha, md5_b64, size = _sha256_md5(path)
-    if size <= 64 << 20:
-        kw = {"IfNoneMatch": "*"} if only_new else {}
-        try:
-            with open(path, "rb") as fh:
-                client.put_object(Bucket=bucket, Key=key, Body=fh, ContentMD5=md5_b64, **kw)
-        except Exception as exc:
-            if only_new and _precondition_failed(exc):
-                raise FileExistsError(uri) from exc
-            raise
-    else:  # an index of a large transcriptome: multipart, each part checked by S3 (sha256 checksums)
-        client.upload_file(str(path), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-    stored = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    if stored != size:
-        raise TransientFetchError(f"{uri}: stored {stored} bytes, uploaded {size}; the upload will be retried")
-    return {"size": size, "sha256": sha}
-
-
 def _replace_in_file(path: Path, old: str, new: str) -> None:
     """Rewrite a small text file with `old` replaced, atomically (absent files are fine)."""
     if not path.is_file():
         return
     text = path.read_text(errors="surrogateescape")
     if old in text:
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temp_path(path)
         tmp.write_text(text.replace(old, new), errors="surrogateescape")
         tmp.replace(path)
-
-
-def read_json(client, uri: str) -> dict | None:
-    """A small JSON object, or None when it does not exist; RemoteStateError when it is not JSON."""
-    bucket, key = split_s3_uri(uri)
-    try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as exc:
-        if _is_missing(exc):
-            return None
-        raise
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise RemoteStateError(f"{uri}: not a JSON manifest ({exc}); delete it and rerun") from exc
-    if not isinstance(doc, dict):
-        raise RemoteStateError(f"{uri}: not a JSON manifest; delete it and rerun")
-    return doc
-
-
-def _put_json(client, uri: str, doc: Mapping, *, only_new: bool) -> bool:
-    """Write a manifest; False when `only_new` and one is already there (it is kept, not replaced)."""
-    bucket, key = split_s3_uri(uri)
-    body = json.dumps(doc, indent=1, sort_keys=True).encode()
-    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=md5, ContentType="application/json",
-                          **({"IfNoneMatch": "*"} if only_new else {}))  # fmt: skip
-    except Exception as exc:
-        if only_new and _precondition_failed(exc):
-            return False
-        raise
-    return True
 
 
 @dataclass(frozen=True)
@@ -268,7 +177,7 @@ class RemoteSpecies:
             files[path.name] = put_file(self.client, path, self.run_uri(run, path.name))
         if not {"abundance.tsv", "run_info.json"} <= files.keys():
             raise RemoteStateError(f"{local} is not a complete run (abundance.tsv and run_info.json)")
-        return _put_json(self.client, manifest_uri, {"run": run, "files": files}, only_new=True)
+        return put_json(self.client, manifest_uri, {"run": run, "files": files}, only_new=True)
 
     def upload_outputs(self, merged: Iterable[Path]) -> list[str]:
         """The species' merged tables, metadata.tsv and failed.tsv (deleted on S3 when there is none locally)."""
@@ -290,7 +199,7 @@ def fetch_optional(client, uri: str, dest: Path) -> bool:
     try:
         size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             dest.unlink(missing_ok=True)
             return False
         raise
@@ -349,6 +258,6 @@ def store_index(client, cache_uri: str, key: str, local_dir: Path, *, k: int, n_
     entry = join(cache_uri, safe_name(key, "index key"))
     files = {name: put_file(client, local_dir / name, join(entry, name))
              for name in INDEX_FILES if (local_dir / name).is_file()}  # fmt: skip
-    _put_json(client, join(entry, INDEX_MANIFEST), {"key": key, "k": k, "n_targets": n_targets, "files": files},
+    put_json(client, join(entry, INDEX_MANIFEST), {"key": key, "k": k, "n_targets": n_targets, "files": files},
               only_new=False)  # fmt: skip
     return entry
