@@ -16,6 +16,7 @@ from typing import Literal
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import AwsCredentials
 
 from blocks.aws_batch import AwsBatch, batch_for
 from blocks.imputation_server import ImputationServer
@@ -102,6 +103,7 @@ def impute(
     aes_encryption: bool = False,
     reference_fasta: str | None = None,
     batch: AwsBatch | None = None,
+    aws_credentials: AwsCredentials | None = None,
 ) -> str:
     """Impute genotype VCFs on a server, a WES service or this machine; returns the manifest's path or URI.
 
@@ -123,6 +125,8 @@ def impute(
         reference_fasta: Optional reference FASTA (indexed): REF alleles are checked against it before submission.
         batch: An AWS Batch block: the tools it lists (e.g. minimac4, shapeit4) run as Batch jobs, one per
             chromosome, their files moving through its S3 staging prefix. Empty: every tool runs here.
+        aws_credentials: AWS credentials block for s3:// inputs and an s3:// out_dir (default: the standard
+            credential chain).
     """
     with batch_for(batch):  # the tools the block lists (e.g. minimac4) run as AWS Batch jobs
         settings = get_settings()
@@ -130,7 +134,7 @@ def impute(
         stage = t.stage_input.with_options(
             **transient_retry_options(PermanentImputationError, PermanentFetchError)
         )
-        staged = [stage(u, staging) for u in inputs]
+        staged = [stage(u, staging, aws_credentials) for u in inputs]
         summaries = t.prepare_inputs(staged, build, service != "local", reference_fasta, staging / ".split")
         params = {
             "refpanel": refpanel,
@@ -193,6 +197,7 @@ def impute(
                 "parameters": params,
                 **meta,
             },
+            aws_credentials,
         )
         t.emit_state("success", record, server_id, manifest=manifest)
         return manifest
@@ -265,12 +270,21 @@ def cancel_imputation(service: str, job_id: str) -> str:
 
 
 @flow(name="imputation_accuracy")
-def imputation_accuracy(job_dir: str, truth_vcfs: dict[str, str]) -> list[dict]:
+def imputation_accuracy(
+    job_dir: str, truth_vcfs: dict[str, str], aws_credentials: AwsCredentials | None = None
+) -> list[dict]:
     """Imputation r² against known genotypes, by allele-frequency bin (a table artifact).
 
     Args:
-        job_dir: A finished imputation's directory (holding chr<N>.dose.vcf.gz).
-        truth_vcfs: Chromosome number -> VCF of the true genotypes of the same samples (e.g. masked sites).
+        job_dir: A finished imputation's directory or s3:// prefix (holding chr<N>.dose.vcf.gz).
+        truth_vcfs: Chromosome number -> VCF (path, s3:// or https://) of the true genotypes of the same samples.
+        aws_credentials: AWS credentials block for s3:// locations (default: the standard credential chain).
     """
-    doses = {c: Path(job_dir) / f"chr{chromosome_number(c)}.dose.vcf.gz" for c in truth_vcfs}
-    return t.accuracy_table(doses, {c: Path(v) for c, v in truth_vcfs.items()})
+    work = Path(get_settings().data_dir) / "imputation-accuracy"
+    stage = t.stage_input.with_options(**transient_retry_options(PermanentImputationError, PermanentFetchError))
+    doses, truths = {}, {}
+    for c, truth in truth_vcfs.items():  # remote files are fetched and verified; local ones are read in place
+        dose = f"{job_dir.rstrip('/')}/chr{chromosome_number(c)}.dose.vcf.gz"
+        doses[c] = stage(dose, work / "dose", aws_credentials)
+        truths[c] = stage(truth, work / f"truth-{chromosome_number(c)}", aws_credentials)
+    return t.accuracy_table(doses, truths)

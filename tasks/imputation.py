@@ -95,14 +95,14 @@ def results_password(secret_name: str) -> str:
 
 
 @task(task_run_name="stage {uri}")
-def stage_input(uri: str, work_dir: Path) -> Path:
+def stage_input(uri: str, work_dir: Path, aws_credentials=None) -> Path:
     """A local path is used in place; s3:// and https:// inputs are fetched (with their index when published)."""
     from genoflows.fetch import FetchError, fetch, s3_client
 
     if "://" not in uri or uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    client = s3_client(get_settings().s3_endpoint_url) if uri.startswith("s3://") else None
+    client = s3_client(get_settings().s3_endpoint_url, aws_credentials) if uri.startswith("s3://") else None
     dest = Path(work_dir) / "inputs" / name
     fetch(uri, dest, s3_client=client)
     for ext in (".tbi", ".csi"):
@@ -200,14 +200,14 @@ def unpack_results(downloaded: list[Path], job_dir: Path, password: str, aes: bo
 
 
 @task
-def publish_outputs(job_dir: Path, files: list[Path], out_dir: str, meta: dict) -> str:
+def publish_outputs(job_dir: Path, files: list[Path], out_dir: str, meta: dict, aws_credentials=None) -> str:
     """Write the manifest; with an s3:// out_dir upload the verified files first and list their URIs."""
     files = [f for f in files if f.exists()]
     if outputs.is_s3(out_dir):
         from genoflows.fetch import s3_client
 
         prefix = f"{out_dir.rstrip('/')}/{job_dir.name}"
-        s3 = s3_client(get_settings().s3_endpoint_url)
+        s3 = s3_client(get_settings().s3_endpoint_url, aws_credentials)
         uris = outputs.upload_files(job_dir, files, prefix, s3)
         manifest = outputs.write_manifest(job_dir, files, meta, uris)
         outputs.upload_files(job_dir, [manifest, job_dir / "imputation-job.json"], prefix, s3)

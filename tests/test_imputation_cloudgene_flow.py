@@ -17,6 +17,7 @@ from prefect.states import State
 from flows.imputation import impute
 from genoflows.imputation.record import load_record
 from genoflows.testing.artifacts import read_artifacts
+from tasks import imputation as t
 from tests.imputation_fixtures import assert_no_token, save_block
 
 pytest_plugins = ["tests.imputation_fixtures"]
@@ -104,15 +105,23 @@ def test_faults_then_one_submission_verified_outputs_and_rerun_resumes(
 def test_s3_out_dir_aes_zips_and_resubmit(
     prefect_harness, imp_cohort, cloudgene, imp_token, imp_fast, tmp_path, moto_endpoint, monkeypatch
 ):
+    """The S3 side goes through the flow's AwsCredentials block (no AWS variables in the environment), for the
+    outputs and for imputation_accuracy reading them back with a truth VCF from the bucket."""
     import boto3
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
 
+    from flows.imputation import imputation_accuracy
     from genoflows.settings import get_settings
 
-    monkeypatch.setenv("GENOFLOWS_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "GENOFLOWS_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     get_settings.cache_clear()
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    creds = AwsCredentials(aws_access_key_id="lab", aws_secret_access_key="lab-secret", region_name="us-east-1",
+                           aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint))
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="t",
+                      aws_secret_access_key="t")
     s3.create_bucket(Bucket="imputed")
     block = save_block(cloudgene, imp_token)
     kw = dict(
@@ -121,6 +130,7 @@ def test_s3_out_dir_aes_zips_and_resubmit(
         refpanel="apps@hapmap-2",
         out_dir="s3://imputed/lab",
         aes_encryption=True,
+        aws_credentials=creds,
     )
     state = _run(**kw)
     assert state.is_completed(), state.message
@@ -131,6 +141,12 @@ def test_s3_out_dir_aes_zips_and_resubmit(
     dose = by_name["chr20.dose.vcf.gz"]
     body = s3.get_object(Bucket="imputed", Key=dose["uri"][len("s3://imputed/") :])["Body"].read()
     assert len(body) == dose["bytes"] and hashlib.sha256(body).hexdigest() == dose["sha256"]
+    local_dose = tmp_path / "chr20.dose.vcf.gz"
+    local_dose.write_bytes(body)
+    s3.upload_file(str(imp_cohort.truth["20"]), "imputed", "truth/chr20.vcf.gz")
+    from_s3 = imputation_accuracy(uri.rsplit("/", 1)[0], {"20": "s3://imputed/truth/chr20.vcf.gz"},
+                                  aws_credentials=creds)
+    assert from_s3 == t.accuracy_table.fn({"20": local_dose}, {"20": imp_cohort.truth["20"]})
     (job,) = cloudgene.jobs.values()
     assert "aesEncryption" in job.params
     assert (
