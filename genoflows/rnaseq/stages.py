@@ -24,6 +24,7 @@ from pathlib import Path
 
 from genoflows import toolrun
 from genoflows.fetch import fetch
+from genoflows.files import atomic_output
 from genoflows.rnaseq.metadata import Layout
 from genoflows.rnaseq.sources import ResolvedRun
 from genoflows.rnaseq.stream import FileLease, Stopped
@@ -285,9 +286,8 @@ def _replace_in_file(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     fixed = text.replace(old, new).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
     if fixed != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(fixed)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(fixed)
 
 
 def cleanup_run(fastq_root: Path, run: str) -> None:
