@@ -174,6 +174,8 @@ def download_file(
         if on_bytes and done > seen[0]:
             on_bytes(done - seen[0])
         seen[0] = max(seen[0], done)
+        if lease is not None and total is not None and done >= total:
+            lease.transferred()  # every byte is in: the connection goes to the next file while this one is verified
 
     with lease.attempt(kept=lambda: _resumable_bytes(dest)) if lease else contextlib.nullcontext():
         return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client).path
