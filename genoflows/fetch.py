@@ -258,6 +258,7 @@ def discard_partial(dest: Path) -> None:
     part = dest.with_name(dest.name + ".part")
     _discard(part)
     _mismatch_marker(part).unlink(missing_ok=True)
+    _digest_marker(part).unlink(missing_ok=True)
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -290,13 +291,27 @@ def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size
         problems.append(f"md5 {digests['md5']} != expected {md5}")
     if sha256 and digests["sha256"] != sha256.lower():
         problems.append(f"sha256 {digests['sha256']} != expected {sha256}")
+    marker = _digest_marker(part)
     if problems:
         with open(part, "rb") as fh:
             what = verify.describe_body(fh.read(4096))
         problems += [what] if what else []  # say what arrived when it is plain to see
         _discard(part)
+        if marker.exists() and marker.read_text() == digests["sha256"]:  # the same wrong bytes twice in a row:
+            marker.unlink(missing_ok=True)  # the source holds them (a transfer error would not repeat itself)
+            raise BadSourceFile(f"{shown}: {'; '.join(problems)}, twice in a row with the same bytes: the file at "
+                                "the source does not match its published checksum; nothing was kept. Ask the "
+                                "provider to fix the file or its checksum")  # fmt: skip
+        marker.write_text(digests["sha256"])
         raise ChecksumMismatch(f"{shown}: {'; '.join(problems)}; the partial file was removed")
+    marker.unlink(missing_ok=True)
     return digests
+
+
+def _digest_marker(part: Path) -> Path:
+    """Remembers the digest of a body that failed its published checksum, so the same bytes arriving again are a
+    bad source (permanent), not a transfer error (hidden, removed on success and when retries are exhausted)."""
+    return part.with_name(f".{part.name}.digest-mismatch")
 
 
 def _verify_content(shown: str, dest: Path, part: Path, kind: str, proven: bool) -> None:
