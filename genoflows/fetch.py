@@ -11,7 +11,8 @@ One attempt per call; the Prefect task in `tasks/fetch.py` retries it. The rules
   modified since, the caller's sha256, the start and end of the body); a hit that fails is discarded and
   fetched again (healed), never trusted;
 - a partial `.part` left by a dropped connection is resumed with an HTTP Range request on the next attempt; a
-  body that fails any check is deleted, so the retry starts clean;
+  body that fails any check is deleted, so the retry starts clean; a body that fails its published checksum
+  twice in a row with the same bytes is a bad source (`BadSourceFile`): transfer damage does not repeat itself;
 - errors are `TransientFetchError` (5xx, 429, resets, truncation, a corrupt body: retry) or
   `PermanentFetchError` (4xx, AccessDenied, disk full, a file whose published checksum matched but whose content
   is bad: do not retry); `NotFound` (a definite 404 / NoSuchKey / no such file) is the permanent error that
