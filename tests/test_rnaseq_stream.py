@@ -411,3 +411,22 @@ def test_a_retry_takes_the_next_connection_before_files_waiting_for_their_first(
     report = sched.run([Job(f"r{i}", 100, f"r{i}") for i in range(8)])
     assert len(report.done) == 8
     assert order[0:9:2] == ["r0#1", "r0#2", "r0#3", "r0#4", "r0#5"], order  # every retry right after one transfer
+
+
+def test_files_waiting_for_a_connection_get_it_in_arrival_order():
+    """One connection held for 0.4 s while seven more files arrive 40 ms apart: they get it in that order (the
+    scheduler admits in the order it wants the transfers to run), not in whatever order the threads wake."""
+    started: list[str] = []
+
+    def download(p, i, lease):
+        time.sleep(0.04 * int(p[1:]))
+        with lease.attempt():
+            started.append(p)
+            time.sleep(0.4 if p == "r0" else 0.01)
+        return p
+
+    sched = StreamScheduler(budget_bytes=10_000, max_downloads=1, quant_workers=1, download=download,
+                            quant=lambda p, files: p, cleanup=lambda p: None, largest_first=False)  # fmt: skip
+    sched.queue_ahead = 8  # all admitted at once
+    report = sched.run([Job(f"r{k}", 100, f"r{k}") for k in range(8)])
+    assert len(report.done) == 8 and started == [f"r{k}" for k in range(8)], started

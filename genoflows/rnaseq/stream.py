@@ -16,7 +16,8 @@ behind other files would lengthen the tail). A transfer gives its connection bac
 in (`FileLease.transferred`), so verifying the file (checksums, a full gzip/FASTQ read) never idles a connection.
 When the final attempt of a file fails, the run's other files stop at their next chunk and the run fails.
 
-Admission order is largest first (sizes are resolved up front), so the last downloads are short. When the
+Admission order is largest first (sizes are resolved up front), so the last downloads are short; files take
+free connections in the order they were admitted. When the
 largest waiting run (the head) does not fit, a smaller run may go first only if it cannot delay the head by
 bytes: every in-flight run whose release alone would make room for the head must still make room for it with
 the smaller run added. A run that can never fit because bytes are held by files that could not be deleted is
@@ -161,6 +162,7 @@ class Connections:
         self.limit = limit
         self._free = limit
         self._urgent = 0  # retries waiting for a connection: they go before first attempts
+        self._line: deque[object] = deque()  # first attempts waiting, served in arrival (= admission) order
         self._cond = threading.Condition()
         self._shared_slot = shared_slot
         self._lock = threading.Lock()
@@ -179,16 +181,24 @@ class Connections:
         """Take a connection (waiting, but Stopped when `stop` is set); give it back with `Held.release()`.
         `urgent` (a retry) goes before every file waiting for its first attempt: a failing file's retries are a
         chain of whole transfers, and each wait behind queued files would lengthen the stream's tail."""
+        me = object()
         with self._cond:
-            self._urgent += urgent
+            if urgent:
+                self._urgent += 1
+            else:
+                self._line.append(me)
             try:
-                while self._free == 0 or (self._urgent and not urgent):
+                while self._free == 0 or (not urgent and (self._urgent or self._line[0] is not me)):
                     if stop is not None and stop.is_set():
                         raise Stopped("the stream is stopping: no connection taken")
                     self._cond.wait(POLL_SECONDS)
                 self._free -= 1
             finally:
-                self._urgent -= urgent
+                if urgent:
+                    self._urgent -= 1
+                else:
+                    self._line.remove(me)
+                self._cond.notify_all()  # the next in line may go
         held = Held(self)
         try:
             if self._shared_slot is not None:
