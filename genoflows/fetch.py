@@ -298,12 +298,15 @@ def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size
             what = verify.describe_body(fh.read(4096))
         problems += [what] if what else []  # say what arrived when it is plain to see
         _discard(part)
-        if marker.exists() and marker.read_text() == digests["sha256"]:  # the same wrong bytes twice in a row:
+        if what is not None:  # a service's answer (a maintenance page...), not the file: transient, however often
+            marker.unlink(missing_ok=True)
+        elif marker.exists() and marker.read_text() == digests["sha256"]:  # the same wrong bytes twice in a row:
             marker.unlink(missing_ok=True)  # the source holds them (a transfer error would not repeat itself)
             raise BadSourceFile(f"{shown}: {'; '.join(problems)}, twice in a row with the same bytes: the file at "
                                 "the source does not match its published checksum; nothing was kept. Ask the "
                                 "provider to fix the file or its checksum")  # fmt: skip
-        marker.write_text(digests["sha256"])
+        else:
+            marker.write_text(digests["sha256"])
         raise ChecksumMismatch(f"{shown}: {'; '.join(problems)}; the partial file was removed")
     marker.unlink(missing_ok=True)
     return digests

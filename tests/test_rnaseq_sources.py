@@ -215,3 +215,13 @@ def test_a_file_corrupt_at_the_source_gives_up_at_its_second_identical_body(worl
         download_file(res, 0, tmp_path / "b")
     assert download_file(res, 0, tmp_path / "b").stat().st_size == res.files[0].size
     assert [p.name for p in (tmp_path / "b" / "SRR3000002").iterdir() if not p.name.startswith(".")] == [name]
+    # a maintenance page answered with 200, twice (identical bytes): the service's answer, not the file, so it stays
+    # retryable however often it comes
+    from genoflows.fetch import fetch
+
+    server.add_fault(name, "html", times=2)
+    for _ in range(2):
+        with pytest.raises(ChecksumMismatch, match="HTML") as html:
+            fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5)
+        assert not isinstance(html.value, NOT_RETRYABLE)
+    assert fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5).downloaded
