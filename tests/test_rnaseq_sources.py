@@ -222,6 +222,6 @@ def test_a_file_corrupt_at_the_source_gives_up_at_its_second_identical_body(worl
     server.add_fault(name, "html", times=2)
     for _ in range(2):
         with pytest.raises(ChecksumMismatch, match="HTML") as html:
-            fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5)
+            fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5, repeat_is_bad_source=True)
         assert not isinstance(html.value, NOT_RETRYABLE)
     assert fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5).downloaded

@@ -178,7 +178,8 @@ def download_file(
             lease.transferred()  # every byte is in: the connection goes to the next file while this one is verified
 
     with lease.attempt(kept=lambda: _resumable_bytes(dest)) if lease else contextlib.nullcontext():
-        return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client).path
+        return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client,
+                     repeat_is_bad_source=True).path  # a run corrupt at the source fails after two transfers
 
 
 def finish_download(
