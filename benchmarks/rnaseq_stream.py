@@ -34,6 +34,102 @@ def child_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+class ConnectionLog:
+    """Per-connection busy intervals as the server sees them (body streaming only: refusals and routes are not
+    busy), to show where connections sit idle: before the first byte, in gaps, and after the last byte."""
+
+    def __init__(self, server):
+        import threading
+
+        self.intervals: list[tuple[float, float, str]] = []
+        lock = threading.Lock()
+        log = self
+
+        class Recording(server._httpd.RequestHandlerClass):  # type: ignore[misc, valid-type]
+            def _stream(self, fh, nbytes, *, corrupt):
+                t0 = time.monotonic()
+                try:
+                    return super()._stream(fh, nbytes, corrupt=corrupt)
+                finally:
+                    with lock:
+                        log.intervals.append((t0, time.monotonic(), self.path.rsplit("/", 1)[-1]))
+
+        server._httpd.RequestHandlerClass = Recording
+
+    def report(self, t_start: float, t_end: float, connections: int, step: float = 1.0) -> str:
+        """Busy connections per `step` seconds from the flow's start, and where the idle connection-seconds are."""
+        if not self.intervals:
+            return "no downloads"
+        first = min(a for a, _, _ in self.intervals)
+        last = max(b for _, b, _ in self.intervals)
+        n = int((t_end - t_start) / step) + 1
+        busy = [0.0] * n
+        for a, b, _ in self.intervals:
+            i = int((a - t_start) / step)
+            while a < b and i < n:
+                edge = t_start + (i + 1) * step
+                busy[i] += min(b, edge) - a
+                a, i = min(b, edge), i + 1
+        line = "".join(str(min(9, round(x / step))) for x in busy)
+        window = sum(b - a for a, b, _ in self.intervals)
+        mid_idle = connections * (last - first) - window
+        names = [name for _, _, name in self.intervals]
+        again = sorted({name for name in names if names.count(name) > 1})
+        retried = "; ".join(f"{name} " + ", ".join(f"{a - t_start:.1f}-{b - t_start:.1f}" for a, b, n in
+                                                    sorted(self.intervals) if n == name) for name in again)  # fmt: skip
+        return (f"connections busy per {step:g} s (0-{connections}): {line}\n"
+                f"  transferred more than once (s from the start): {retried or 'none'}\n"
+                f"  first byte after {first - t_start:.1f} s; last byte {t_end - last:.1f} s before the end; "
+                f"{len(self.intervals)} transfers; idle between first and last byte: {mid_idle:.1f} connection-s "
+                f"(= {mid_idle / connections:.1f} s of all {connections})")
+
+
+class SchedulerTrace:
+    """Samples the stream scheduler of the flow run (bytes reserved, connections held and wanted, runs in kallisto)
+    every `interval` seconds, to tell an idle connection waiting for bytes from one waiting for work."""
+
+    def __init__(self, interval: float = 0.25):
+        import threading
+
+        from genoflows.rnaseq import stream
+
+        self.interval, self.samples, self.schedulers = interval, [], []
+        self._stop = threading.Event()
+        original = stream.StreamScheduler.__init__
+        trace = self
+
+        def init(sched, *a, **kw):
+            original(sched, *a, **kw)
+            trace.schedulers.append(sched)
+
+        stream.StreamScheduler.__init__ = init
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for s in self.schedulers[-1:]:
+                ev = s.report.events
+                started = sum(1 for e in ev if e[1] == "quant_started")
+                ended = sum(1 for e in ev if e[1] in ("quantified",)) + sum(
+                    1 for e in ev if e[1] == "failed" and any(x[1] == "quant_started" and x[2] == e[2] for x in ev))
+                self.samples.append((time.monotonic(), s.budget.reserved / s.budget.capacity, s.conns.active,
+                                     s.conns.demand, started - ended))
+
+    def report(self, t_start: float, step: float = 1.0) -> str:
+        self._stop.set()
+        rows = {"reserved/budget x10": 1, "connections held": 2, "files wanting one": 3, "runs in quant": 4}
+        lines = []
+        for name, col in rows.items():
+            buckets: dict[int, list[float]] = {}
+            for row in self.samples:
+                buckets.setdefault(int((row[0] - t_start) / step), []).append(row[col])
+            n = max(buckets, default=-1) + 1
+            vals = [max(buckets.get(i, [0])) for i in range(n)]
+            vals = [v * 10 if col == 1 else v for v in vals]
+            lines.append(f"  {name:<22} {''.join(str(min(9, int(v))) for v in vals)}")
+        return "scheduler per 1 s (max of samples):\n" + "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -144,6 +240,7 @@ def generated_scenario(args, work: Path) -> tuple[str, float, float, int, int]:
     # --- streaming: the Prefect flow -----------------------------------------------------------------------
     from flows.rnaseq_quant import rnaseq_quant
 
+    conn_log = ConnectionLog(server)
     cpu1, t1 = child_cpu(), time.monotonic()
     summary = rnaseq_quant(
         metadata=str(work / "metadata.tsv"), species="Bench species", transcriptome=str(work / "transcripts.fa"),
@@ -153,6 +250,7 @@ def generated_scenario(args, work: Path) -> tuple[str, float, float, int, int]:
     stream_wall = time.monotonic() - t1
     stream_cpu = child_cpu() - cpu1
     server.stop()
+    print(conn_log.report(t1, t1 + stream_wall, args.max_downloads))
     assert summary["quantified"] == len(resolved) and not summary["failures"], summary
 
     net_floor = total_bytes / (args.bandwidth * args.max_downloads)
@@ -231,11 +329,14 @@ def real_scenario(args, work: Path) -> tuple[str, float, float, int, int]:
     get_settings.cache_clear()
     print(f"setup: {len(sizes)} runs on the server in 3 species, {human_bytes(total_bytes)}; budget {human_bytes(budget)} "
           f"(3 runs); {args.max_downloads} connections of {human_bytes(args.bandwidth)}/s, cap {args.max_downloads} at the server")  # fmt: skip
+    conn_log, trace = ConnectionLog(server), SchedulerTrace()
     cpu1, t1 = child_cpu(), time.monotonic()
     state = rnaseq_multi_species(configs=str(work / "ants.yaml"), return_state=True)
     wall = time.monotonic() - t1
     cpu = child_cpu() - cpu1
     server.stop()
+    print(conn_log.report(t1, t1 + wall, args.max_downloads))
+    print(trace.report(t1))
     result = state.result(raise_on_failure=False)
     results = result.results if isinstance(result, RunsFailed) else result
     quantified = sum(r["newly_quantified"] for r in results.values())

@@ -11,7 +11,9 @@ One attempt per call; the Prefect task in `tasks/fetch.py` retries it. The rules
   modified since, the caller's sha256, the start and end of the body); a hit that fails is discarded and
   fetched again (healed), never trusted;
 - a partial `.part` left by a dropped connection is resumed with an HTTP Range request on the next attempt; a
-  body that fails any check is deleted, so the retry starts clean;
+  body that fails any check is deleted, so the retry starts clean; a body that fails its published checksum
+  twice in a row with the same bytes is a bad source (`BadSourceFile`) when the caller asks
+  (`repeat_is_bad_source`, RNA-seq's reads): transfer damage does not repeat itself;
 - errors are `TransientFetchError` (5xx, 429, resets, truncation, a corrupt body: retry) or
   `PermanentFetchError` (4xx, AccessDenied, disk full, a file whose published checksum matched but whose content
   is bad: do not retry); `NotFound` (a definite 404 / NoSuchKey / no such file) is the permanent error that
@@ -118,20 +120,23 @@ def fetch(
     s3_client=None,
     log: Log | None = None,
     missing_ok: bool = False,
+    repeat_is_bad_source: bool = False,
 ) -> FetchResult | None:
     """Fetch `uri` to `dest` unless `dest` is already there, unchanged at the source and still passing its checks;
     verify (size, checksums, content of `kind`); rename into place. `missing_ok`: return None instead of raising
-    `NotFound` (for optional files such as checksum sidecars, so a 404 is an answer, not a failure)."""
+    `NotFound` (for optional files such as checksum sidecars, so a 404 is an answer, not a failure).
+    `repeat_is_bad_source`: the same wrong body twice in a row is `BadSourceFile` (permanent), see `_verify`."""
     try:
         return _fetch(uri, dest, md5=md5, sha256=sha256, size=size, kind=kind, progress=progress,
-                      s3_client=s3_client, log=log)
+                      s3_client=s3_client, log=log, repeat_is_bad_source=repeat_is_bad_source)
     except NotFound:
         if missing_ok:
             return None
         raise
 
 
-def _fetch(uri: str, dest: Path, *, md5, sha256, size, kind, progress, s3_client, log) -> FetchResult:
+def _fetch(uri: str, dest: Path, *, md5, sha256, size, kind, progress, s3_client, log,
+           repeat_is_bad_source: bool = False) -> FetchResult:  # fmt: skip
     dest = Path(dest)
     kind = kind or verify.infer_kind(dest.name)
     if kind not in verify.KINDS:
@@ -168,7 +173,7 @@ def _fetch(uri: str, dest: Path, *, md5, sha256, size, kind, progress, s3_client
                 proven = True
             else:
                 raise PermanentFetchError(f"unsupported URI scheme {scheme!r} in {shown}: use s3://, https:// or a path")
-            digests = _verify(shown, part, md5=md5, sha256=sha256, size=size)
+            digests = _verify(shown, part, md5=md5, sha256=sha256, size=size, repeat_is_bad_source=repeat_is_bad_source)
             proven = proven or bool(md5 or sha256)
             _verify_content(shown, dest, part, kind, proven)
         except PermanentFetchError:
@@ -258,6 +263,7 @@ def discard_partial(dest: Path) -> None:
     part = dest.with_name(dest.name + ".part")
     _discard(part)
     _mismatch_marker(part).unlink(missing_ok=True)
+    _digest_marker(part).unlink(missing_ok=True)
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -279,7 +285,8 @@ def _digests(path: Path) -> dict[str, str]:
     return {"md5": m.hexdigest(), "sha256": s.hexdigest()}
 
 
-def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size: int | None) -> dict[str, str]:
+def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size: int | None,
+            repeat_is_bad_source: bool = False) -> dict[str, str]:  # fmt: skip
     actual_size = part.stat().st_size
     if size is not None and actual_size != size:
         _discard(part)
@@ -290,13 +297,30 @@ def _verify(shown: str, part: Path, *, md5: str | None, sha256: str | None, size
         problems.append(f"md5 {digests['md5']} != expected {md5}")
     if sha256 and digests["sha256"] != sha256.lower():
         problems.append(f"sha256 {digests['sha256']} != expected {sha256}")
+    marker = _digest_marker(part)
     if problems:
         with open(part, "rb") as fh:
             what = verify.describe_body(fh.read(4096))
         problems += [what] if what else []  # say what arrived when it is plain to see
         _discard(part)
+        if what is not None or not repeat_is_bad_source:  # a service's answer (a maintenance page...), not the file: transient, however often
+            marker.unlink(missing_ok=True)
+        elif marker.exists() and marker.read_text() == digests["sha256"]:  # the same wrong bytes twice in a row:
+            marker.unlink(missing_ok=True)  # the source holds them (a transfer error would not repeat itself)
+            raise BadSourceFile(f"{shown}: {'; '.join(problems)}, twice in a row with the same bytes: the file at "
+                                "the source does not match its published checksum; nothing was kept. Ask the "
+                                "provider to fix the file or its checksum")  # fmt: skip
+        else:
+            marker.write_text(digests["sha256"])
         raise ChecksumMismatch(f"{shown}: {'; '.join(problems)}; the partial file was removed")
+    marker.unlink(missing_ok=True)
     return digests
+
+
+def _digest_marker(part: Path) -> Path:
+    """Remembers the digest of a body that failed its published checksum, so the same bytes arriving again are a
+    bad source (permanent), not a transfer error (hidden, removed on success and when retries are exhausted)."""
+    return part.with_name(f".{part.name}.digest-mismatch")
 
 
 def _verify_content(shown: str, dest: Path, part: Path, kind: str, proven: bool) -> None:

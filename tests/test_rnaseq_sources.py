@@ -187,3 +187,41 @@ def test_429_waits_for_retry_after_before_the_retry():
     with httpx.Client(transport=transport) as client, pytest.raises(SourceTransient, match="429"):
         _get(client, "http://ena.invalid/filereport")
     assert time.monotonic() - t0 >= 1.0
+
+
+def test_a_file_corrupt_at_the_source_gives_up_at_its_second_identical_body(world, tmp_path):
+    """ENA serves a file whose bytes do not match the filereport's md5 (corrupt at the source: the same wrong bytes
+    every time). The first mismatch is retryable (bytes can be damaged in transit); the second, identical, one is
+    permanent (BadSourceFile), so the run fails after two transfers instead of riding the whole retry policy (with
+    the defaults, 9 transfers over ~6 minutes at the end of a stream). A body damaged once in transit still heals."""
+    from genoflows.fetch import BadSourceFile, ChecksumMismatch
+    from genoflows.rnaseq.stages import download_file
+    from tasks.rnaseq import NOT_RETRYABLE
+
+    root, server, ep, _ = world
+    (res,), _, _ = resolve_all([Run("SRR3000002", "X", "single")], ["ena"], ep)
+    name = res.files[0].name
+    before = len(server.downloads(name))
+    server.add_fault(name, "corrupt", times=3)
+    with pytest.raises(ChecksumMismatch, match="md5") as first:
+        download_file(res, 0, tmp_path / "a")
+    assert not isinstance(first.value, NOT_RETRYABLE)
+    with pytest.raises(BadSourceFile, match="twice in a row with the same bytes") as second:
+        download_file(res, 0, tmp_path / "a")
+    assert isinstance(second.value, NOT_RETRYABLE)  # the task's retry policy stops here
+    assert len(server.downloads(name)) - before == 2
+    # once in transit (the fault's third and last use), then a good body: the retry heals it
+    with pytest.raises(ChecksumMismatch):
+        download_file(res, 0, tmp_path / "b")
+    assert download_file(res, 0, tmp_path / "b").stat().st_size == res.files[0].size
+    assert [p.name for p in (tmp_path / "b" / "SRR3000002").iterdir() if not p.name.startswith(".")] == [name]
+    # a maintenance page answered with 200, twice (identical bytes): the service's answer, not the file, so it stays
+    # retryable however often it comes
+    from genoflows.fetch import fetch
+
+    server.add_fault(name, "html", times=2)
+    for _ in range(2):
+        with pytest.raises(ChecksumMismatch, match="HTML") as html:
+            fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5, repeat_is_bad_source=True)
+        assert not isinstance(html.value, NOT_RETRYABLE)
+    assert fetch(res.files[0].uri, tmp_path / "c" / name, md5=res.files[0].md5).downloaded

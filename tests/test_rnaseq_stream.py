@@ -339,3 +339,94 @@ def test_a_machine_wide_failure_stops_admissions():
     report = sched.run([Job("r0", 200, "r0"), Job("r1", 100, "r1"), Job("r2", 100, "r2")])
     assert "No space left" in report.fatal and not report.done
     assert report.failed["r2"].startswith("not started: OSError")
+
+
+def test_a_transfer_frees_its_connection_before_the_file_is_verified(tmp_path, monkeypatch):
+    """One connection, two runs, real downloads from a real server. Verifying a file (checksums, a full gzip/FASTQ
+    read) is slow here (0.5 s); the second file's request must reach the server while the first is still being
+    verified, not after: the connection is free once the last byte is in."""
+    import genoflows.fetch as fetch_mod
+
+    (tmp_path / "srv").mkdir()
+    runs = ("SRR7100001", "SRR7100002")
+    data = os.urandom(200_000)
+    for run in runs:
+        (tmp_path / "srv" / f"{run}.fastq.gz").write_bytes(data)
+    verifying: list[tuple[float, float]] = []
+    real_verify = fetch_mod._verify_content
+
+    def slow_verify(*args, **kwargs):
+        t0 = time.monotonic()
+        time.sleep(0.5)
+        verifying.append((t0, time.monotonic()))
+        return None if args[3] == "fastq" else real_verify(*args, **kwargs)  # random bytes are no FASTQ
+
+    monkeypatch.setattr(fetch_mod, "_verify_content", slow_verify)
+    requested: list[float] = []
+    with FileServer(tmp_path / "srv") as server:
+        handler = server._httpd.RequestHandlerClass
+
+        class Timed(handler):  # type: ignore[misc, valid-type]
+            def do_GET(self):  # noqa: N802
+                requested.append(time.monotonic())
+                super().do_GET()
+
+        server._httpd.RequestHandlerClass = Timed
+        jobs = [Job(run, len(data), ResolvedRun(Run(run, "X", "single"), "explicit",
+                                                (RemoteFile(server.url(f"{run}.fastq.gz"), f"{run}.fastq.gz", len(data)),),
+                                                "single", len(data))) for run in runs]  # fmt: skip
+        sched = StreamScheduler(budget_bytes=len(data) * 2, max_downloads=1, quant_workers=1,
+                                download=lambda r, i, lease: download_file(r, i, tmp_path / "fastq", lease=lease),
+                                quant=lambda r, local: "quantified", cleanup=lambda r: None)  # fmt: skip
+        report = sched.run(jobs)
+    assert set(report.done) == set(runs) and report.max_connections == 1
+    assert len(requested) == 2 and len(verifying) == 2
+    first_verified = min(end for _, end in verifying)
+    assert requested[1] < first_verified, "the second file waited for the first one's verification"
+
+
+def test_a_retry_takes_the_next_connection_before_files_waiting_for_their_first():
+    """One connection; r0's file fails four times in a row (a corrupt body), each retry 0.1 s after the failure, while
+    the other runs' files transfer (0.15 s each) and two more wait for the connection (admitted ahead). Each retry
+    of r0 goes next when the connection frees: a failing file's chain of attempts must not queue behind every new
+    file, or a failing file at the end of a stream makes a long tail."""
+    order: list[str] = []
+    attempts: dict[str, int] = {}
+
+    def download(p, i, lease):
+        while True:
+            try:
+                with lease.attempt():
+                    attempts[p] = attempts.get(p, 0) + 1
+                    order.append(f"{p}#{attempts[p]}")
+                    if p == "r0" and attempts[p] <= 4:
+                        raise OSError("md5 mismatch")
+                    time.sleep(0.15)
+                    return p
+            except OSError:
+                time.sleep(0.1)  # the retry delay, outside the attempt
+
+    sched = StreamScheduler(budget_bytes=10_000, max_downloads=1, quant_workers=1, download=download,
+                            quant=lambda p, files: p, cleanup=lambda p: None, largest_first=False)  # fmt: skip
+    report = sched.run([Job(f"r{i}", 100, f"r{i}") for i in range(8)])
+    assert len(report.done) == 8
+    assert order[0:9:2] == ["r0#1", "r0#2", "r0#3", "r0#4", "r0#5"], order  # every retry right after one transfer
+
+
+def test_files_waiting_for_a_connection_get_it_in_arrival_order():
+    """One connection held for 0.4 s while seven more files arrive 40 ms apart: they get it in that order (the
+    scheduler admits in the order it wants the transfers to run), not in whatever order the threads wake."""
+    started: list[str] = []
+
+    def download(p, i, lease):
+        time.sleep(0.04 * int(p[1:]))
+        with lease.attempt():
+            started.append(p)
+            time.sleep(0.4 if p == "r0" else 0.01)
+        return p
+
+    sched = StreamScheduler(budget_bytes=10_000, max_downloads=1, quant_workers=1, download=download,
+                            quant=lambda p, files: p, cleanup=lambda p: None, largest_first=False)  # fmt: skip
+    sched.queue_ahead = 8  # all admitted at once
+    report = sched.run([Job(f"r{k}", 100, f"r{k}") for k in range(8)])
+    assert len(report.done) == 8 and started == [f"r{k}" for k in range(8)], started

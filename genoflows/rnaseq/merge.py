@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genoflows.files import atomic_output
 from genoflows.rnaseq.metadata import RunTable, write_tsv
 from genoflows.rnaseq.stages import SpeciesDirs
 from genoflows.tools.kallisto import RunInfo, parse_run_info
@@ -124,10 +125,8 @@ def _write_tables(dirs: SpeciesDirs, done: list[str], paths: dict[str, Path]) ->
         if done:
             out = pd.DataFrame(columns[k], columns=done)
             out.insert(0, "target_id", targets)
-            tmp = paths[k].with_name(f".{paths[k].name}.tmp")
-            paths[k].parent.mkdir(parents=True, exist_ok=True)
-            out.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE)
-            tmp.replace(paths[k])
+            with atomic_output(paths[k]) as tmp:  # a unique temp name: two writers never share one
+                out.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE)
         else:
             paths[k].unlink(missing_ok=True)
     return len(targets)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from genoflows import toolrun
 from genoflows.fetch import fetch
+from genoflows.files import atomic_output
 from genoflows.rnaseq.metadata import Layout
 from genoflows.rnaseq.sources import ResolvedRun
 from genoflows.rnaseq.stream import FileLease, Stopped
@@ -173,9 +174,12 @@ def download_file(
         if on_bytes and done > seen[0]:
             on_bytes(done - seen[0])
         seen[0] = max(seen[0], done)
+        if lease is not None and total is not None and done >= total:
+            lease.transferred()  # every byte is in: the connection goes to the next file while this one is verified
 
     with lease.attempt(kept=lambda: _resumable_bytes(dest)) if lease else contextlib.nullcontext():
-        return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client).path
+        return fetch(f.uri, dest, md5=f.md5, size=f.size, progress=progress, s3_client=s3_client,
+                     repeat_is_bad_source=True).path  # a run corrupt at the source fails after two transfers
 
 
 def finish_download(
@@ -285,9 +289,8 @@ def _replace_in_file(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     fixed = text.replace(old, new).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
     if fixed != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(fixed)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(fixed)
 
 
 def cleanup_run(fastq_root: Path, run: str) -> None:

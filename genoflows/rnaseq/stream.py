@@ -10,10 +10,14 @@ wait on a connection semaphore and take a freed connection at once). A run is qu
 
 A file attempt that fails transiently is retried by its step (Prefect's retry policy) *without* holding a
 connection while it waits, and, when nothing of it is left on disk, without holding its bytes either: the
-scheduler admits other runs meanwhile, and the retry re-reserves its bytes with priority over new runs.
+scheduler admits other runs meanwhile, and the retry re-reserves its bytes with priority over new runs and takes
+the next free connection before files waiting for their first attempt (a retry chain is sequential: every wait
+behind other files would lengthen the tail). A transfer gives its connection back as soon as its last byte is
+in (`FileLease.transferred`), so verifying the file (checksums, a full gzip/FASTQ read) never idles a connection.
 When the final attempt of a file fails, the run's other files stop at their next chunk and the run fails.
 
-Admission order is largest first (sizes are resolved up front), so the last downloads are short. When the
+Admission order is largest first (sizes are resolved up front), so the last downloads are short; files take
+free connections in the order they were admitted. When the
 largest waiting run (the head) does not fit, a smaller run may go first only if it cannot delay the head by
 bytes: every in-flight run whose release alone would make room for the head must still make room for it with
 the smaller run added. A run that can never fit because bytes are held by files that could not be deleted is
@@ -149,13 +153,17 @@ class ByteBudget:
 class Connections:
     """Download slots: at most `limit` files transfer at once (and, if given, within a shared limit too).
 
-    `demand` counts files that hold or want a connection; a file waiting for its retry does not count."""
+    `demand` counts files that hold or want a connection; a file waiting for its retry, or verifying what it
+    received, does not count."""
 
     def __init__(self, limit: int, shared_slot: Callable[[], contextlib.AbstractContextManager] | None = None):
         if limit < 1:
             raise ValueError(f"connections must be >= 1, got {limit}")
         self.limit = limit
-        self._sem = threading.Semaphore(limit)
+        self._free = limit
+        self._urgent = 0  # retries waiting for a connection: they go before first attempts
+        self._line: deque[object] = deque()  # first attempts waiting, served in arrival (= admission) order
+        self._cond = threading.Condition()
         self._shared_slot = shared_slot
         self._lock = threading.Lock()
         self.demand = 0
@@ -169,28 +177,81 @@ class Connections:
         if delta < 0 and self.on_free is not None:
             self.on_free()  # a connection is free for another file: let the scheduler admit now
 
-    @contextlib.contextmanager
-    def slot(self, stop: threading.Event | None = None) -> Iterator[None]:
-        while not self._sem.acquire(timeout=POLL_SECONDS):
-            if stop is not None and stop.is_set():
-                raise Stopped("the stream is stopping: no connection taken")
+    def acquire(self, stop: threading.Event | None = None, *, urgent: bool = False) -> Held:
+        """Take a connection (waiting, but Stopped when `stop` is set); give it back with `Held.release()`.
+        `urgent` (a retry) goes before every file waiting for its first attempt: a failing file's retries are a
+        chain of whole transfers, and each wait behind queued files would lengthen the stream's tail."""
+        me = object()
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            else:
+                self._line.append(me)
+            try:
+                while self._free == 0 or (not urgent and (self._urgent or self._line[0] is not me)):
+                    if stop is not None and stop.is_set():
+                        raise Stopped("the stream is stopping: no connection taken")
+                    self._cond.wait(POLL_SECONDS)
+                self._free -= 1
+            finally:
+                if urgent:
+                    self._urgent -= 1
+                else:
+                    self._line.remove(me)
+                self._cond.notify_all()  # the next in line may go
+        held = Held(self)
         try:
-            with self._shared_slot() if self._shared_slot else contextlib.nullcontext():
-                with self._lock:
-                    self.active += 1
-                    self.max_active = max(self.max_active, self.active)
-                try:
-                    yield
-                finally:
-                    with self._lock:
-                        self.active -= 1
+            if self._shared_slot is not None:
+                held.stack.enter_context(self._shared_slot())
+        except BaseException:
+            self._give_back()
+            raise
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        return held
+
+    def _give_back(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def slot(self, stop: threading.Event | None = None, *, urgent: bool = False) -> Iterator[Held]:
+        held = self.acquire(stop, urgent=urgent)
+        try:
+            yield held
         finally:
-            self._sem.release()
+            held.release()
+
+
+class Held:
+    """One connection taken from `Connections`; `release()` gives it back (once, however often it is called), so
+    a transfer can free it as soon as its last byte is in, before the file is verified."""
+
+    def __init__(self, conns: Connections):
+        self.conns = conns
+        self.stack = contextlib.ExitStack()  # the shared limit's slot, when there is one
+        self._released = False
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        with self.conns._lock:
+            self.conns.active -= 1
+        try:
+            self.stack.close()
+        finally:
+            self.conns._give_back()
 
 
 class FileLease:
     """What one file download holds: its bytes (maybe given back while it waits for a retry), its place in
-    the connection demand, and the run's stop event. Steps wrap each attempt in `attempt()`."""
+    the connection demand, and the run's stop event. Steps wrap each attempt in `attempt()`, and call
+    `transferred()` once the last byte is in: the connection goes to the next file while this one is verified."""
 
     def __init__(self, budget: ByteBudget, conns: Connections, token: Token, stop: threading.Event):
         self.budget, self.conns, self.stop = budget, conns, stop
@@ -198,6 +259,7 @@ class FileLease:
         self.size = token.n
         self.counted = True  # in conns.demand (set at submission)
         self.attempts = 0
+        self._held: Held | None = None
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -217,14 +279,26 @@ class FileLease:
         try:
             if self.token is None:
                 self.token = self.budget.reserve(self.size, self.stop)
-            with self.conns.slot(self.stop):
-                yield
+            with self.conns.slot(self.stop, urgent=self.attempts > 1) as held:
+                self._held = held
+                try:
+                    yield
+                finally:
+                    self._held = None
         except BaseException:
             if self.token is not None and kept() == 0:
                 token, self.token = self.token, None
                 self.budget.release(token)
             raise
         finally:
+            self.uncount()
+
+    def transferred(self) -> None:
+        """The transfer is over (the last byte arrived): free the connection now, keep the bytes; verification
+        goes on without it."""
+        held = self._held
+        if held is not None:
+            held.release()
             self.uncount()
 
     def uncount(self) -> None:

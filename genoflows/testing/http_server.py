@@ -248,11 +248,11 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 if corrupt and first:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 first = False
-                self.wfile.write(data)
                 sent += len(data)
-                if server.bandwidth:
-                    ahead = sent / server.bandwidth - (time.monotonic() - t0)
-                    if ahead > 0:
+                if server.bandwidth:  # pace before sending: the response ends when its last byte is sent, so a
+                    ahead = sent / server.bandwidth - (time.monotonic() - t0)  # client that has it all may
+                    if ahead > 0:  # open its next connection at once without meeting a connection cap
                         time.sleep(ahead)
+                self.wfile.write(data)
 
     return Handler
