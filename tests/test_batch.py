@@ -119,6 +119,17 @@ def test_out_of_memory_is_permanent_and_names_the_memory(batch_env, tmp_path):
         run_tool(["bcftools", "index", "-t", str(vcf)])
 
 
+def test_an_image_that_cannot_be_pulled_is_permanent_and_says_so(batch_env, tmp_path):
+    endpoint, bucket, agent = batch_env
+    vcf = write_vcf(tmp_path / "calls.vcf.gz")
+    agent.faults = ["pull"]
+    with use_batch(make_runner(endpoint, bucket)), pytest.raises(BatchPermanentError,
+                                                                  match="image could not be pulled") as err:
+        run_tool(["bcftools", "index", "-t", str(vcf)])
+    assert "registry.example/genoflows:missing" in str(err.value) and "job definition" in str(err.value)
+    assert len(agent.submitted) == 1 and not Path(f"{vcf}.tbi").exists()
+
+
 def test_lost_host_is_transient_and_a_prefect_retry_succeeds(batch_env, tmp_path, prefect_harness, monkeypatch):
     from prefect import flow, task
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Agent:
     endpoint: str
-    faults: list[str] = field(default_factory=list)  # what happens to the next jobs: "oom" | "host" | "ok"
+    faults: list[str] = field(default_factory=list)  # the next jobs' fates: "oom" | "host" | "pull" | "ok"
     submitted: list[dict] = field(default_factory=list)  # the containerOverrides of every job, as received
     throttle_remaining: int = 0
     describe_calls: int = 0
@@ -62,6 +62,10 @@ class Agent:
                 time.sleep(0.2)
                 reason, exit_code = None, None
                 job.job_stopped_reason = "Host EC2 (instance i-0123456789abcdef0) terminated."
+            elif fault == "pull":  # the image never starts: what Batch reports for a missing or private image
+                reason = ("CannotPullContainerError: pull image manifest has been retried 1 time(s): "
+                          "failed to resolve ref registry.example/genoflows:missing: not found")
+                job.job_stopped_reason = "Task failed to start"
             else:
                 proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 reader = threading.Thread(target=lambda: [emit(raw.decode(errors="replace").rstrip("\n"))
