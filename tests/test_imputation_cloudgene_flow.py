@@ -17,7 +17,6 @@ from prefect.states import State
 from flows.imputation import impute
 from genoflows.imputation.record import load_record
 from genoflows.testing.artifacts import read_artifacts
-from tasks import imputation as t
 from tests.imputation_fixtures import assert_no_token, save_block
 
 pytest_plugins = ["tests.imputation_fixtures"]
@@ -141,12 +140,12 @@ def test_s3_out_dir_aes_zips_and_resubmit(
     dose = by_name["chr20.dose.vcf.gz"]
     body = s3.get_object(Bucket="imputed", Key=dose["uri"][len("s3://imputed/") :])["Body"].read()
     assert len(body) == dose["bytes"] and hashlib.sha256(body).hexdigest() == dose["sha256"]
-    local_dose = tmp_path / "chr20.dose.vcf.gz"
-    local_dose.write_bytes(body)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "chr20.dose.vcf.gz").write_bytes(body)
     s3.upload_file(str(imp_cohort.truth["20"]), "imputed", "truth/chr20.vcf.gz")
     from_s3 = imputation_accuracy(uri.rsplit("/", 1)[0], {"20": "s3://imputed/truth/chr20.vcf.gz"},
                                   aws_credentials=creds)
-    assert from_s3 == t.accuracy_table.fn({"20": local_dose}, {"20": imp_cohort.truth["20"]})
+    assert from_s3 == imputation_accuracy(str(tmp_path / "local"), {"20": str(imp_cohort.truth["20"])})
     (job,) = cloudgene.jobs.values()
     assert "aesEncryption" in job.params
     assert (
