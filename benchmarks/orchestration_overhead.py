@@ -9,7 +9,7 @@ pool's is orchestration. Prints per-call overhead (ms) over the plain pool until
 API has every event and log line, the ratio to bare Prefect tasks (target ≤ 1.5) and the flow process's peak
 memory (target: flat in N beyond the results). What each setting bought: docs/scale.md.
 
-    flock /work/wt/bench.lock python benchmarks/orchestration_overhead.py [--n 10 100 1000] [--workers 8]
+    .venv/bin/python benchmarks/orchestration_overhead.py [--n 10 100 1000] [--workers 8]
         [--window 64] [--modes bare project delivered console both batched] [--no-server]
 """
 
